@@ -1,0 +1,1 @@
+VEHx//7/W3k9siuXj3MBH559yEuimeCcrXkDjKeEdy3FF/GRvg47L7d5dIJ4rN/o+0d9TDVIeg/KrLvty/G2BQ==
