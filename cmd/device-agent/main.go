@@ -1,0 +1,102 @@
+// Command device-agent is the device side of a Mender mTLS deployment: it
+// reads mender.conf, loads the device certificate and key, signs auth
+// requests with that same key, authenticates (through an mTLS ambassador or
+// directly), reports inventory and polls for deployments.
+//
+// Subcommands: daemon, check, show-identity, version. Run
+// `device-agent help` for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `device-agent: Mender device agent with mTLS client certificates
+
+Usage:
+  device-agent daemon        [--config FILE] [--fallback-config FILE] [--data DIR] [--log-level L]
+  device-agent check         [--config FILE] [--fallback-config FILE] [--data DIR] [--timeout D]
+  device-agent show-identity [--config FILE] [--fallback-config FILE] [--data DIR]
+  device-agent version
+
+Commands:
+  daemon         authenticate, send inventory and poll for deployments until SIGINT/SIGTERM
+  check          validate config, key, certificate and identity, then connect and authenticate;
+                 one PASS/FAIL line per check, exit 0 only when all pass
+  show-identity  print the identity attributes this device authenticates with
+  version        print the version
+
+Environment:
+  MENDER_CONF_DIR       directory of mender.conf (default /etc/mender)
+  MENDER_DATA_DIR       directory of the identity and inventory scripts (default /usr/share/mender)
+  MENDER_DATASTORE_DIR  state directory: generated key, device_type, artifact_name (default /var/lib/mender)
+
+Run 'device-agent COMMAND --help' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// errUsage marks an error already explained by a usage message (exit 2).
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "daemon", "run":
+		err = cmdDaemon(ctx, args[1:], stderr, getenv)
+	case "check":
+		err = cmdCheck(ctx, args[1:], stdout, stderr, getenv)
+	case "show-identity":
+		err = cmdShowIdentity(ctx, args[1:], stdout, stderr, getenv)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "device-agent %s\n", version)
+		return 0
+	case "help", "--help", "-h", "-help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "device-agent: unknown command %q; run 'device-agent help' for the list\n", args[0])
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case errors.Is(err, errChecksFailed):
+		return 1
+	default:
+		printError(stderr, err)
+		return 1
+	}
+}
+
+// printError prints each joined error on its own line, prefixed with the
+// program name, so a config with three problems shows three lines.
+func printError(w io.Writer, err error) {
+	if multi, ok := err.(interface{ Unwrap() []error }); ok && len(multi.Unwrap()) > 1 {
+		for _, e := range multi.Unwrap() {
+			printError(w, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "device-agent: %v\n", err)
+}
