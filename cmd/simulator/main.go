@@ -21,12 +21,17 @@ var version = "dev"
 const usage = `simulator: fake Mender backend, test mTLS ambassador and device PKI
 
 Usage:
-  simulator serve [--dir DIR] [--listen ADDR] [--auto-accept] [--user U --password P] [flags]
+  simulator serve [--dir DIR] [--listen ADDR] [--auto-accept] [--mtls] [--user U --password P] [flags]
+  simulator pki init|server|device|sign-csr|revoke --dir DIR [flags]
+  simulator ambassador --backend URL --user U [--ca FILE] [--server-cert FILE --server-key FILE] [flags]
   simulator version
 
 Commands:
-  serve     run the fake Mender backend over HTTPS until Ctrl-C
-  version   print the version
+  serve       run the fake Mender backend over HTTPS until Ctrl-C; with --mtls, behind the
+              test mTLS ambassador
+  pki         the PKI steps of Mender's mTLS guide: CA, server and device certificates, CSRs, revocation
+  ambassador  run the mTLS ambassador in front of any Mender server (MTLS_* variables honoured)
+  version     print the version
 
 Run 'simulator COMMAND --help' for a command's flags.
 `
@@ -49,6 +54,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stdout, stderr)
+	case "pki":
+		err = cmdPKI(args[1:], stdout, stderr)
+	case "ambassador":
+		err = cmdAmbassador(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "simulator %s\n", version)
 		return 0
@@ -65,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(stderr, "simulator: %v\n", err)
+		printError(stderr, err)
 		return 1
 	}
 }
@@ -89,4 +98,15 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
+}
+
+// printError prints each joined error on its own line.
+func printError(w io.Writer, err error) {
+	if multi, ok := err.(interface{ Unwrap() []error }); ok && len(multi.Unwrap()) > 1 {
+		for _, e := range multi.Unwrap() {
+			printError(w, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "simulator: %v\n", err)
 }

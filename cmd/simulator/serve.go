@@ -9,10 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/mender-mtls/mtls-agent/internal/ambassador"
+	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
@@ -40,6 +44,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&f.v2Next, "v2-next", false, "serve the v2 deployments next endpoint (enterprise); without it v2 answers 404 like the open-source server")
 	fs.DurationVar(&f.tokenLifetime, "token-lifetime", 7*24*time.Hour, "device and management JWT lifetime")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&f.mtls, "mtls", false, "put the test mTLS ambassador on --listen in front of the backend: devices need a certificate\n"+
+		"signed by DIR/ca.crt (simulator pki device --dir DIR) and are preauthorized with no manual step")
+	fs.StringVar(&f.statusListen, "status-listen", "127.0.0.1:8081", "with --mtls: plain-HTTP `ADDR` of the ambassador's /status and /metrics")
+	fs.StringVar(&f.backendListen, "backend-listen", "127.0.0.1:0", "with --mtls: the backend's own HTTPS `ADDR` (management calls go there)")
+	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -81,19 +90,26 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("load server certificate %s: %w", pk.ServerCert, err)
 	}
-	ln, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return fmt.Errorf("--listen %s: %w", f.listen, err)
+	backendAddr := f.listen
+	if f.mtls {
+		backendAddr = f.backendListen
 	}
-	url := "https://" + ln.Addr().String()
+	ln, err := net.Listen("tcp", backendAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", backendAddr, err)
+	}
+	backendURL := "https://" + ln.Addr().String()
 	srv := &http.Server{
 		Handler:           backend,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	if f.mtls {
+		return serveMTLS(ctx, &f, pk, srv, ln, log, stdout)
+	}
 	fmt.Fprintf(stdout, "fake Mender backend ready\n")
-	fmt.Fprintf(stdout, "  URL:         %s\n", url)
+	fmt.Fprintf(stdout, "  URL:         %s\n", backendURL)
 	fmt.Fprintf(stdout, "  CA:          %s   (ServerCertificate for devices)\n", pk.CACert)
 	fmt.Fprintf(stdout, "  management:  user %s, password %s\n", f.user, f.password)
 	fmt.Fprintf(stdout, "  devices:     %s\n", map[bool]string{true: "accepted automatically (--auto-accept)", false: "pending until accepted through the management API"}[f.autoAccept])
@@ -137,4 +153,96 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// serveMTLS runs the backend on its private listener and the ambassador in
+// front of it, with the PKI in f.dir: DIR/ca.crt is both the server CA and
+// the device CA; DIR/blacklist and DIR/crl.pem are created empty when absent
+// and reloaded when they change.
+func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, backend *http.Server, bln net.Listener, log *slog.Logger, stdout io.Writer) error {
+	blacklist := filepath.Join(f.dir, "blacklist")
+	crlPath := filepath.Join(f.dir, "crl.pem")
+	if err := ensureRevocationFiles(pk, blacklist, crlPath); err != nil {
+		bln.Close()
+		return err
+	}
+	upstream := &url.URL{Scheme: "https", Host: bln.Addr().String()}
+	var binds []ambassador.Binding
+	for _, b := range f.bind {
+		bd, err := ambassador.ParseBinding(b)
+		if err != nil {
+			bln.Close()
+			return fmt.Errorf("--bind-identity %q: %w", b, err)
+		}
+		binds = append(binds, bd)
+	}
+	amb, err := ambassador.New(ambassador.Options{
+		Upstream:       upstream,
+		UpstreamCAFile: pk.CACert,
+		User:           f.user,
+		Password:       f.password,
+		ServerCertFile: pk.ServerCert,
+		ServerKeyFile:  pk.ServerKey,
+		ClientCAFiles:  []string{pk.CACert},
+		BlacklistFile:  blacklist,
+		CRLFiles:       []string{crlPath},
+		BindIdentity:   binds,
+		Logger:         log.With("component", "ambassador"),
+	})
+	if err != nil {
+		bln.Close()
+		return err
+	}
+	aln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		bln.Close()
+		return fmt.Errorf("--listen %s: %w", f.listen, err)
+	}
+	sln, err := net.Listen("tcp", f.statusListen)
+	if err != nil {
+		bln.Close()
+		aln.Close()
+		return fmt.Errorf("--status-listen %s: %w", f.statusListen, err)
+	}
+	fmt.Fprintf(stdout, "fake Mender backend behind the mTLS ambassador ready\n")
+	fmt.Fprintf(stdout, "  URL:         https://%s   (device URL: the ambassador)\n", aln.Addr())
+	fmt.Fprintf(stdout, "  backend:     https://%s   (management API)\n", bln.Addr())
+	fmt.Fprintf(stdout, "  status:      http://%s/status\n", sln.Addr())
+	fmt.Fprintf(stdout, "  device CA:   %s   (sign devices: simulator pki device --dir %s --cn NAME --out OUTDIR)\n", pk.CACert, f.dir)
+	fmt.Fprintf(stdout, "  revocation:  %s, %s\n", blacklist, crlPath)
+	fmt.Fprintf(stdout, "  management:  user %s, password %s\n", f.user, f.password)
+	fmt.Fprintf(stdout, "  CA:          %s   (ServerCertificate for devices)\n", pk.CACert)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	backendErr := make(chan error, 1)
+	go func() { backendErr <- serveUntilDone(ctx, backend, bln, log) }()
+	err = runAmbassador(ctx, amb, aln, sln, log)
+	cancel()
+	if berr := <-backendErr; err == nil {
+		err = berr
+	}
+	return err
+}
+
+func ensureRevocationFiles(pk *pki.ServerPKIResult, blacklist, crlPath string) error {
+	if _, err := os.Stat(blacklist); errors.Is(err, os.ErrNotExist) {
+		if err := atomicfile.Write(blacklist, nil, 0o644); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(crlPath); errors.Is(err, os.ErrNotExist) {
+		ca, err := pki.LoadCA(pk.CACert, pk.CAKey)
+		if err != nil {
+			return err
+		}
+		serials, err := pki.ReadBlacklist(blacklist)
+		if err != nil {
+			return err
+		}
+		if _, err := pki.WriteCRL(ca, crlPath, serials); err != nil {
+			return err
+		}
+	}
+	return nil
 }
