@@ -82,7 +82,7 @@ func parse(r io.Reader) ([]row, bool) {
 }
 
 func print(w io.Writer, rows []row) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "benchmark\tns/op\tops/s\tB/op\tallocs/op\tother metrics\t")
 	last := ""
 	for _, r := range rows {
