@@ -177,7 +177,7 @@ func runAmbassador(ctx context.Context, amb *ambassador.Ambassador, ln, sln net.
 		TLSConfig:         amb.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          amb.ErrorLog(), // counts TLS handshake failures by reason
 	}
 	status := &http.Server{Handler: amb.StatusHandler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 3)

@@ -197,10 +197,8 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	for name, v := range map[string]string{"dir": *dir, "cn": *cn, "out": *out} {
-		if err := requireFlag(fs, name, v); err != nil {
-			return err
-		}
+	if err := requireFlags(fs, "dir", *dir, "cn", *cn, "out", *out); err != nil {
+		return err
 	}
 	t, err := keyTypeFlag(*kt)
 	if err != nil {
@@ -255,10 +253,8 @@ func pkiSignCSR(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	for name, v := range map[string]string{"dir": *dir, "csr": *csrPath, "out": *out} {
-		if err := requireFlag(fs, name, v); err != nil {
-			return err
-		}
+	if err := requireFlags(fs, "dir", *dir, "csr", *csrPath, "out", *out); err != nil {
+		return err
 	}
 	data, err := os.ReadFile(*csrPath)
 	if err != nil {
@@ -299,10 +295,8 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	for name, v := range map[string]string{"dir": *dir, "serial": *serial} {
-		if err := requireFlag(fs, name, v); err != nil {
-			return err
-		}
+	if err := requireFlags(fs, "dir", *dir, "serial", *serial); err != nil {
+		return err
 	}
 	ca, err := loadCA(*dir)
 	if err != nil {
@@ -323,7 +317,17 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 
 func requireFlag(fs interface{ Name() string }, name, v string) error {
 	if v == "" {
-		return fmt.Errorf("simulator %s: --%s is required", fs.Name(), name)
+		return fmt.Errorf("%s: --%s is required (see simulator %s --help)", fs.Name(), name, fs.Name())
+	}
+	return nil
+}
+
+// requireFlags checks name, value pairs in order.
+func requireFlags(fs interface{ Name() string }, pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := requireFlag(fs, pairs[i], pairs[i+1]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -29,6 +29,10 @@ type serveFlags struct {
 	v2Next         bool
 	tokenLifetime  time.Duration
 	logLevel       string
+	mtls           bool
+	statusListen   string
+	backendListen  string
+	bind           listFlag
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
