@@ -193,6 +193,8 @@ func startAgent(t *testing.T, env []string, args ...string) *proc {
 type backend struct {
 	*proc
 	dir, url, ca string
+	mgmtURL      string // the backend itself (differs from url with --mtls)
+	statusURL    string // the ambassador's /status with --mtls
 	user, pass   string
 	http         *http.Client
 	mu           sync.Mutex
@@ -222,6 +224,15 @@ func startServeAt(t *testing.T, dir, listen string, args ...string) *backend {
 		if len(f) >= 2 && f[0] == "CA:" {
 			b.ca = f[1]
 		}
+		if len(f) >= 2 && f[0] == "backend:" {
+			b.mgmtURL = f[1]
+		}
+		if len(f) >= 2 && f[0] == "status:" {
+			b.statusURL = f[1]
+		}
+	}
+	if b.mgmtURL == "" {
+		b.mgmtURL = b.url
 	}
 	require.NotEmpty(t, b.url)
 	require.NotEmpty(t, b.ca)
@@ -248,7 +259,7 @@ func (b *backend) mgmt(t *testing.T, method, path string, body, out any) int {
 	t.Helper()
 	b.mu.Lock()
 	if b.token == "" {
-		req, err := http.NewRequest(http.MethodPost, b.url+menderapi.PathLogin, nil)
+		req, err := http.NewRequest(http.MethodPost, b.mgmtURL+menderapi.PathLogin, nil)
 		require.NoError(t, err)
 		req.SetBasicAuth(b.user, b.pass)
 		resp, err := b.http.Do(req)
@@ -266,7 +277,7 @@ func (b *backend) mgmt(t *testing.T, method, path string, body, out any) int {
 		require.NoError(t, err)
 		rd = bytes.NewReader(js)
 	}
-	req, err := http.NewRequest(method, b.url+path, rd)
+	req, err := http.NewRequest(method, b.mgmtURL+path, rd)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	if body != nil {
