@@ -374,6 +374,14 @@ func (c *Client) Token() string {
 	return c.token
 }
 
+// Server returns the base URL of the server that issued the current token,
+// or "" when the client holds none. Safe for concurrent use.
+func (c *Client) Server() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.server
+}
+
 func (c *Client) observe(ev Event) {
 	if c.opts.Observer != nil {
 		c.opts.Observer(ev)

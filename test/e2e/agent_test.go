@@ -204,6 +204,7 @@ func TestAgentBadInput(t *testing.T) {
 			stdout, stderr, code := runAgent(t, a.env, args...)
 			assert.NotEqual(t, 0, code, "exit code")
 			out := stdout + stderr
+			t.Logf("%s", out)
 			assert.Contains(t, out, tt.want)
 			assert.NotContains(t, out, "goroutine ")
 			assert.NotContains(t, out, "panic")
