@@ -33,6 +33,7 @@ type serveFlags struct {
 	statusListen   string
 	backendListen  string
 	bind           listFlag
+	failRate       float64
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -53,6 +54,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.statusListen, "status-listen", "127.0.0.1:8081", "with --mtls: plain-HTTP `ADDR` of the ambassador's /status and /metrics")
 	fs.StringVar(&f.backendListen, "backend-listen", "127.0.0.1:0", "with --mtls: the backend's own HTTPS `ADDR` (management calls go there)")
 	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
+	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -89,6 +91,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	})
 	if err != nil {
 		return err
+	}
+	if f.failRate < 0 || f.failRate > 1 {
+		return fmt.Errorf("--fail-rate %v: want a fraction from 0 to 1", f.failRate)
+	}
+	if f.failRate > 0 {
+		backend.AddFault(fakemender.Fault{PathPrefix: "/api/devices/", Status: http.StatusServiceUnavailable, FailRate: f.failRate})
+		log.Info("fault injection on", "fail_rate", f.failRate, "status", http.StatusServiceUnavailable)
 	}
 	cert, err := tls.LoadX509KeyPair(pk.ServerCert, pk.ServerKey)
 	if err != nil {
