@@ -217,3 +217,41 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(to, data, mode))
 }
+
+// A device revoked with `simulator pki revoke` while everything runs gets
+// nothing more through: the ambassador reloads the blacklist and CRL, the
+// agent's requests are refused, and the backend sees no further request.
+func TestMTLSRevokedWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	b := startServe(t, dir, "--mtls", "--status-listen", "127.0.0.1:0")
+	certDir := filepath.Join(t.TempDir(), "device")
+	out := simulator(t, "pki", "device", "--dir", dir, "--cn", "dev-stolen", "--out", certDir)
+	serial := ""
+	for _, f := range strings.Fields(out) {
+		if strings.HasSuffix(f, ",") && serial == "" && strings.Contains(out, "serial "+strings.TrimSuffix(f, ",")) {
+			serial = strings.TrimSuffix(f, ",")
+		}
+	}
+	require.NotEmpty(t, serial, "serial in: %s", out)
+	a := mtlsAgent(t, b.url, b.ca, certDir, "02:00:00:00:0d:01")
+	agent := startAgent(t, a.env, a.args("daemon")...)
+	waitAcceptedAndPolling(t, b, "dev-stolen")
+
+	simulator(t, "pki", "revoke", "--dir", dir, "--serial", serial)
+	refused := func() int {
+		s := agent.stderr.String()
+		return strings.Count(s, "403") + strings.Count(s, "certificate revoked") + strings.Count(s, "bad certificate")
+	}
+	require.Eventually(t, func() bool { return refused() >= 1 }, 30*time.Second, 100*time.Millisecond,
+		"the agent was never refused after its certificate was revoked")
+	deviceRequests := func() map[string]int {
+		r := b.stats(t).Requests
+		delete(r, "mgmt") // our own management and stats calls
+		return r
+	}
+	seen := deviceRequests()
+	n := refused()
+	require.Eventually(t, func() bool { return refused() >= n+2 }, 30*time.Second, 100*time.Millisecond,
+		"the agent did not keep trying")
+	assert.Equal(t, seen, deviceRequests(), "the backend received nothing from the revoked device")
+}
