@@ -111,8 +111,16 @@ func (c *Client) poll(ctx context.Context, s schedule, tried chan struct{}) {
 func (c *Client) nextWait(s schedule, err error, attempt *int) time.Duration {
 	switch decide(err) {
 	case retry.DecisionDone:
+		wait := retry.Jitter(s.interval, c.opts.PollJitter, c.rand)
+		// Inventory runs hours apart: worth a line. Update checks run every
+		// few minutes: debug only, so a healthy device stays quiet.
+		logf := c.log.Debug
+		if s.name == "inventory" || *attempt > 0 {
+			logf = c.log.Info
+		}
+		logf("done", "schedule", s.name, "failed_attempts_before", *attempt, "next_in", wait.Round(time.Millisecond))
 		*attempt = 0
-		return retry.Jitter(s.interval, c.opts.PollJitter, c.rand)
+		return wait
 	case retry.DecisionPending:
 		*attempt = 0
 		wait := retry.Jitter(c.opts.RetryPollInterval, c.opts.PollJitter, c.rand)
