@@ -57,6 +57,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return errChecksFailed
 	}
 	c.pass("config", "%s; servers %s", cf.config, strings.Join(e.cfg.Servers, ", "))
+	if !reportTPM(ctx, c, e.cfg, e.log) {
+		return errChecksFailed
+	}
 
 	k, err := e.openKeys(ctx)
 	if err != nil {

@@ -26,6 +26,8 @@ Usage:
   device-agent daemon        [--config FILE] [--fallback-config FILE] [--data DIR] [--log-level L]
   device-agent check         [--config FILE] [--fallback-config FILE] [--data DIR] [--timeout D]
   device-agent show-identity [--config FILE] [--fallback-config FILE] [--data DIR]
+  device-agent keygen        --key handle:0x81000100|PATH --cn NAME --csr OUT [--key-type ecdsa-p256|rsa2048]
+                             [--force] [--tpm-device DEV] [--config FILE]
   device-agent version
 
 Commands:
@@ -33,6 +35,8 @@ Commands:
   check          validate config, key, certificate and identity, then connect and authenticate;
                  one PASS/FAIL line per check, exit 0 only when all pass
   show-identity  print the identity attributes this device authenticates with
+  keygen         create the device key in the TPM (handle:0x81…) or a file, and write a CSR
+                 signed by it for the factory CA (simulator pki sign-csr)
   version        print the version
 
 Environment:
@@ -64,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		err = cmdDaemon(ctx, args[1:], stderr, getenv)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdout, stderr, getenv)
+	case "keygen":
+		err = cmdKeygen(ctx, args[1:], stdout, stderr, getenv)
 	case "show-identity":
 		err = cmdShowIdentity(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":

@@ -31,7 +31,7 @@ func TestCommandDispatch(t *testing.T) {
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"daemon", "--no-such-flag"}, 2, "flag provided but not defined"},
 		{[]string{"daemon", "extra"}, 2, `unexpected argument "extra"`},
-		{[]string{"check", "--help"}, 2, "--timeout"},
+		{[]string{"check", "--help"}, 2, "-timeout"},
 		{[]string{"daemon", "--config", "/nonexistent/mender.conf", "--fallback-config", ""}, 1, "no mender.conf found"},
 		{[]string{"show-identity", "--config", "/nonexistent/mender.conf", "--fallback-config", ""}, 1, "/nonexistent/mender.conf"},
 	}

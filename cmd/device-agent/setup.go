@@ -122,7 +122,7 @@ func (e *env) openKeys(ctx context.Context) (*keys, error) {
 	cfg := e.cfg
 	k := &keys{}
 	if cfg.CertFile != "" {
-		tk, err := keystore.Open(ctx, cfg.KeyFile, keystore.Options{CertFile: cfg.CertFile, Logger: e.log})
+		tk, err := keystore.Open(ctx, cfg.KeyFile, keystore.Options{CertFile: cfg.CertFile, TPMDevice: cfg.TPMDevice, Logger: e.log})
 		if err != nil {
 			return nil, fmt.Errorf("mTLS key (HttpsClient.Key): %w", err)
 		}
@@ -135,14 +135,14 @@ func (e *env) openKeys(ctx context.Context) (*keys, error) {
 	case k.tls != nil && samePath(cfg.AuthKeyFile, cfg.KeyFile):
 		k.auth = k.tls
 	case cfg.AuthKeyGenerated:
-		ak, gen, err := keystore.OpenOrGenerate(ctx, cfg.AuthKeyFile, keystore.Options{Logger: e.log})
+		ak, gen, err := keystore.OpenOrGenerate(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
 		if err != nil {
 			k.Close()
 			return nil, fmt.Errorf("auth key: %w", err)
 		}
 		k.auth, k.generated = ak, gen
 	default:
-		ak, err := keystore.Open(ctx, cfg.AuthKeyFile, keystore.Options{Logger: e.log})
+		ak, err := keystore.Open(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
 		if err != nil {
 			k.Close()
 			return nil, fmt.Errorf("auth key (Security.AuthPrivateKey): %w", err)

@@ -22,10 +22,13 @@ import (
 // Key is a private key opened by Open, with its certificate chain when one
 // was configured. It is a crypto.Signer and a crypto.MessageSigner. All
 // methods are safe for concurrent use. A file key holds no open file or
-// device; Close only makes later signing fail with ErrClosed.
+// device; Close only makes later signing fail with ErrClosed. A TPM key
+// holds the TPM it opened (see TPM for when that keeps the device open)
+// until Close; with Options.TPM it holds nothing of its own.
 type Key struct {
 	ref      string
 	signer   crypto.Signer
+	closer   io.Closer // releases what Open opened for the key; nil for file keys
 	certFile string
 	now      func() time.Time
 	log      *slog.Logger
@@ -83,10 +86,13 @@ func (k *Key) Ref() string { return k.ref }
 func (k *Key) Fingerprint() string { return menderapi.Fingerprint(k.signer.Public()) }
 
 // Close marks the key closed; later Sign, SignMessage and TLSCertificate
-// calls fail with ErrClosed. It is idempotent and always returns nil.
+// calls fail with ErrClosed. For a TPM key it also closes the TPM that Open
+// opened for it. It is idempotent; only the first call can return an error.
 func (k *Key) Close() error {
-	k.closed.Store(true)
-	return nil
+	if k.closed.Swap(true) || k.closer == nil {
+		return nil
+	}
+	return k.closer.Close()
 }
 
 // CertificateChain returns the certificate chain, leaf first, or nil when

@@ -3,13 +3,21 @@
 // the API client needs for mutual TLS and for signing auth requests.
 //
 // A reference is a path to a PEM private key file (PKCS#1, PKCS#8 or SEC1;
-// RSA of at least 2048 bits, ECDSA P-256/P-384/P-521 or Ed25519). "pkcs11:"
-// URIs are recognised and rejected with [ErrPKCS11]; TPM references
-// ("handle:0x81000100", "tpm:...") are recognised and rejected with
-// [ErrUnsupported] until TPM support is built in. [Open] checks the key file's
-// permissions, the key's strength, and that the optional certificate file
+// RSA of at least 2048 bits, ECDSA P-256/P-384/P-521 or Ed25519), or
+// "handle:0x81000100": a key persisted in a TPM 2.0 at that handle (the
+// syntax of the tpm2 OpenSSL provider, so one mender.conf serves this agent
+// and Mender's C++ client). "pkcs11:" URIs are recognised and rejected with
+// [ErrPKCS11]. [Open] checks the key file's permissions or the TPM key's
+// attributes, the key's strength, and that the optional certificate file
 // belongs to the key and is valid now; each problem is a clear error naming
-// the file and the fix, wrapping a sentinel callers can branch on.
+// the file or TPM handle and the fix, wrapping a sentinel callers can
+// branch on.
+//
+// TPM keys never leave the TPM: [Key] signs with TPM2_Sign on the
+// persistent handle (ECDSA P-256, or RSA with PKCS#1 v1.5 and PSS), through
+// one [TPM] whose commands are serialised. [Open] verifies a test signature
+// before returning a TPM key. [Generate] creates keys: in a TPM under the
+// standard storage root key, or as PKCS#8 files.
 //
 // The certificate file is re-read when it changes (see
 // [Key.CertificateChain]), so a renewed or re-provisioned certificate is
@@ -25,6 +33,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -53,9 +62,9 @@ var (
 	ErrInsecurePermissions = errors.New("key file permissions are too open")
 	// ErrWeakKey means an RSA key shorter than MinRSABits.
 	ErrWeakKey = errors.New("key is too weak")
-	// ErrUnsupported means a key type, key encoding or key reference this
-	// agent cannot use (including TPM references in a build without TPM
-	// support and passphrase-protected PEM files).
+	// ErrUnsupported means a key type, key encoding, key reference or TPM
+	// object this agent cannot use (including passphrase-protected PEM
+	// files, "tpm:" references and restricted or non-signing TPM objects).
 	ErrUnsupported = errors.New("unsupported key")
 	// ErrPKCS11 means a "pkcs11:" reference.
 	ErrPKCS11 = errors.New("pkcs11 keys are not supported by this agent")
@@ -87,6 +96,15 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives certificate reload events. Nil discards them.
 	Logger *slog.Logger
+	// TPMDevice is the TPM for "handle:" references (mender.conf
+	// TPM.Device): a device path, or tcp://HOST:PORT for a TPM command port
+	// such as swtpm's. "" means DefaultTPMDevice, falling back to
+	// FallbackTPMDevice. Ignored when TPM is set.
+	TPMDevice string
+	// TPM is an open TPM for "handle:" references, shared with other keys;
+	// the Key does not close it. Nil means the Key opens TPMDevice itself
+	// and closes it in Close.
+	TPM *TPM
 }
 
 // refKind is what a key reference points to.
@@ -118,9 +136,14 @@ func hasPrefixFold(s, prefix string) bool {
 
 // Open turns a key reference into a Key. A plain path is a PEM private key
 // file; its mode must not give group or others any access. "pkcs11:..." gives
-// ErrPKCS11; "handle:0x..." and "tpm:..." give ErrUnsupported (this build
-// has no TPM support). With opts.CertFile set, the certificate chain is
-// loaded and must belong to the key and be valid at opts.Now.
+// ErrPKCS11; "tpm:..." gives ErrUnsupported (write "handle:0x..." instead).
+// "handle:0x81000100" opens the TPM key persisted at that handle in
+// opts.TPM or opts.TPMDevice and verifies a test signature; errors wrap
+// ErrNoTPM, ErrInvalidHandle, ErrNotFound (nothing at the handle) or
+// ErrUnsupported (not a usable signing key, or an RSA key whose PSS
+// signatures TLS cannot use while opts.CertFile is set). With opts.CertFile
+// set, the certificate chain is loaded and must belong to the key and be
+// valid at opts.Now.
 func Open(ctx context.Context, ref string, opts Options) (*Key, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("open key %q: %w", ref, err)
@@ -129,19 +152,25 @@ func Open(ctx context.Context, ref string, opts Options) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open key: %w", err)
 	}
+	var (
+		signer crypto.Signer
+		closer io.Closer
+	)
 	switch kind {
 	case refPKCS11:
-		return nil, fmt.Errorf("open key %q: %w: set the key to a PEM file path instead", redactURI(ref), ErrPKCS11)
+		return nil, fmt.Errorf("open key %q: %w: set the key to a PEM file path or a TPM handle (handle:0x...) instead", redactURI(ref), ErrPKCS11)
 	case refTPM:
-		return nil, fmt.Errorf("open key %q: %w: TPM keys need a build with TPM support; use a PEM key file with this build", ref, ErrUnsupported)
+		signer, closer, err = openTPMSigner(ctx, ref, opts)
+	default:
+		signer, err = loadKeyFile(path)
 	}
-	signer, err := loadKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
 	k := &Key{
 		ref:      ref,
 		signer:   signer,
+		closer:   closer,
 		certFile: opts.CertFile,
 		now:      opts.Now,
 		log:      opts.Logger,
@@ -155,6 +184,7 @@ func Open(ctx context.Context, ref string, opts Options) (*Key, error) {
 	if k.certFile != "" {
 		st, chain, err := k.loadChain()
 		if err != nil {
+			_ = k.Close()
 			return nil, err
 		}
 		k.chain, k.certStat, k.lastCheck = chain, st, k.now()
