@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs and a fresh machine lacks: Debian packages
 # (qemu-user-static for the ARM smoke test, openssl for the mTLS-guide test,
-# swtpm for the TPM tests). Already-present tools are left alone, so a second
+# swtpm for the TPM tests, gcc and libssl-dev for cgo: -race and the TPM
+# simulator). Already-present tools are left alone, so a second
 # run costs nothing and needs no network.
 set -euo pipefail
 
@@ -10,6 +11,9 @@ command -v qemu-arm-static >/dev/null 2>&1 || need+=(qemu-user-static)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
+# cgo for -race and the go-tpm-tools TPM simulator (which links OpenSSL).
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+[ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: everything present"
