@@ -226,7 +226,9 @@ func loadKeyFile(path string) (crypto.Signer, error) {
 	case errors.Is(err, pki.ErrEncryptedKey):
 		return nil, fmt.Errorf("open key %s: %w: %w", path, ErrUnsupported, err)
 	case errors.Is(err, pki.ErrUnsupportedKey):
-		return nil, fmt.Errorf("open key %s: %w: %w", path, ErrUnsupported, err)
+		// pki's message starts with the same words as ErrUnsupported: say them once.
+		detail := strings.TrimPrefix(err.Error(), pki.ErrUnsupportedKey.Error()+": ")
+		return nil, fmt.Errorf("open key %s: %w: %s", path, ErrUnsupported, detail)
 	case err != nil:
 		return nil, fmt.Errorf("open key %s: %w: want a PEM private key (PKCS#1, PKCS#8 or SEC1)", path, err)
 	}
