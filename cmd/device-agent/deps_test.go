@@ -9,7 +9,8 @@ import (
 )
 
 // The agent binary ships to boards: it must not link the test backend, the
-// ambassador, the fleet simulator, test helpers or cgo-only code.
+// ambassador, the fleet simulator, test helpers or cgo-only code (the
+// go-tpm-tools simulator).
 func TestAgentDependencies(t *testing.T) {
 	cmd := exec.Command("go", "list", "-deps", ".")
 	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm", "GOARM=7")
@@ -25,7 +26,13 @@ func TestAgentDependencies(t *testing.T) {
 		"net/http/httptest",
 		"testing",
 		"github.com/stretchr/testify/assert",
+		"github.com/google/go-tpm-tools/simulator", // cgo; tests only
+		"github.com/google/go-tpm-tools/client",    // a large module graph the agent does not need
 	}
+	for _, d := range deps {
+		require.NotContains(t, d, "go-tpm-tools", "device-agent must not link go-tpm-tools (%s)", d)
+	}
+	require.Contains(t, deps, "github.com/google/go-tpm/tpm2", "sanity: the agent has its TPM backend")
 	for _, f := range forbidden {
 		require.NotContains(t, deps, f, "device-agent must not link %s", f)
 	}
