@@ -16,7 +16,7 @@ systemd_unitdir ?= /lib/systemd
 DESTDIR         ?=
 
 # Fuzz time per target in `make test` (the corpus under testdata/fuzz always runs).
-FUZZTIME ?= 5s
+FUZZTIME ?= 4s
 
 ifeq ($(V),1)
 Q :=
@@ -76,11 +76,17 @@ armtest: build build-armv7 build-arm64
 			$(GO) test -count=1 -timeout 10m -run 'TestSmoke' ./test/e2e/... || exit 1; \
 	done
 
+FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoad \
+	internal/identity:FuzzIdentityParse internal/retry:FuzzRetryAfter internal/fakemender:FuzzAuthRequest \
+	internal/ambassador:FuzzAuthRequest internal/ambassador:FuzzParseBlacklist internal/ambassador:FuzzParseBinding \
+	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
+	internal/keystore:FuzzTPMResponse
+
+# Every fuzz target for FUZZTIME each (their seed corpora also run in `unit`).
 fuzz-short:
-	$(Q)for spec in internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoad internal/identity:FuzzIdentityParse \
-		internal/retry:FuzzRetryAfter internal/fakemender:FuzzAuthRequest; do \
+	$(Q)for spec in $(FUZZ_TARGETS); do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
-		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg >/dev/null || { echo "fuzz $$pkg $$fn failed"; exit 1; }; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg >/tmp/fuzz-$$$$.log 2>&1 || { cat /tmp/fuzz-$$$$.log; echo "fuzz $$pkg $$fn failed"; exit 1; }; \
 		echo "fuzz-short: $$pkg $$fn ok"; \
 	done
 
