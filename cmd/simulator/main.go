@@ -24,6 +24,9 @@ Usage:
   simulator serve [--dir DIR] [--listen ADDR] [--auto-accept] [--mtls] [--user U --password P] [flags]
   simulator pki init|server|device|sign-csr|revoke --dir DIR [flags]
   simulator ambassador --backend URL --user U [--ca FILE] [--server-cert FILE --server-key FILE] [flags]
+  simulator run --server URL --pki-dir DIR --count N [--ramp D] [--duration D] [--report F] [--html F] [flags]
+  simulator demo [--count 1000] [--duration 60s] [--report F] [--html F] [--metrics ADDR]
+  simulator report merge A.json B.json ... --out ALL.json [--html F]
   simulator version
 
 Commands:
@@ -31,6 +34,9 @@ Commands:
               test mTLS ambassador
   pki         the PKI steps of Mender's mTLS guide: CA, server and device certificates, CSRs, revocation
   ambassador  run the mTLS ambassador in front of any Mender server (MTLS_* variables honoured)
+  run         drive N virtual devices, each with its own key and certificate, through the real protocol
+  demo        the first command to try: backend, ambassador, fresh PKI, a fleet and one real device-agent
+  report      merge shard reports
   version     print the version
 
 Run 'simulator COMMAND --help' for a command's flags.
@@ -56,6 +62,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stdout, stderr)
 	case "pki":
 		err = cmdPKI(args[1:], stdout, stderr)
+	case "run":
+		err = cmdRun(ctx, args[1:], stdout, stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "report":
+		err = cmdReport(args[1:], stdout, stderr)
 	case "ambassador":
 		err = cmdAmbassador(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "version", "--version", "-version":

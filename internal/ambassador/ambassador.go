@@ -150,7 +150,7 @@ type Ambassador struct {
 	upstreamErr error      // last transport error talking to the upstream; nil after any answer
 
 	cache   *preauthCache
-	metrics *metrics
+	metrics *ambMetrics
 	stats   stats
 	running atomic.Bool
 }

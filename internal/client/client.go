@@ -154,6 +154,10 @@ type Options struct {
 	// Rand returns uniform values in [0, 1) for jitter and backoff; calls are
 	// serialised by the client. nil means math/rand/v2.
 	Rand func() float64
+	// Tuning adjusts the default transport for processes that run many
+	// clients (see [TransportTuning]); the zero value changes nothing. Not
+	// used when HTTPClient is set.
+	Tuning TransportTuning
 }
 
 // Event describes one finished HTTP exchange, for [Options.Observer].
@@ -270,7 +274,7 @@ func New(opts Options) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client options: %w", err)
 		}
-		c.hc = &http.Client{Transport: c.newTransport(cfg)}
+		c.hc = &http.Client{Transport: c.opts.Tuning.apply(c.newTransport(cfg))}
 	}
 	if opts.SkipVerify {
 		log.Warn("TLS server verification is disabled (SkipVerify): anyone on the network path can impersonate the server",

@@ -50,12 +50,11 @@ func (c *Client) Run(ctx context.Context) error {
 		"retry_poll", c.opts.RetryPollInterval)
 	defer c.log.Info("stopped")
 
-	if !sleepCtx(ctx, time.Duration(c.rand()*float64(firstContactSpread))) {
+	if !sleepCtx(ctx, c.FirstContactDelay()) {
 		return nil
 	}
 	inventoryTried := make(chan struct{})
-	inventory := schedule{name: "inventory", interval: c.opts.InventoryPollInterval, run: c.SendInventory}
-	update := schedule{name: "update", interval: c.opts.UpdatePollInterval, run: c.checkAndReport}
+	inventory, update := c.jobSchedule(JobInventory), c.jobSchedule(JobUpdate)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { c.poll(ctx, inventory, inventoryTried) })

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mender-mtls/mtls-agent/internal/fleet"
+	"github.com/mender-mtls/mtls-agent/internal/menderapi"
+)
+
+// syncBuffer is a bytes.Buffer safe for the progress goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServers starts the demo backend and ambassador with the PKI in dir.
+func startServers(t *testing.T, dir string) *demoServers {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background()) // outlives the test context until Cleanup
+	env, err := startDemoServers(ctx, dir, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { cancel(); env.wait() })
+	require.NoError(t, err)
+	return env
+}
+
+// acceptedDevices counts devices the backend accepted.
+func acceptedDevices(env *demoServers) int {
+	n := 0
+	for _, d := range env.backend.Devices() {
+		if d.Status == menderapi.DevStatusAccepted {
+			n++
+		}
+	}
+	return n
+}
+
+// scrape fetches the metrics whose URL the run printed, "" before that.
+func scrape(t *testing.T, stdout string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(stdout, "metrics: ")
+	if !ok {
+		return ""
+	}
+	u, _, _ := strings.Cut(rest, "\n")
+	resp, err := http.Get(u)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// readJSONReport decodes a report file as plain JSON, as a consumer would.
+func readJSONReport(t *testing.T, path string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(data, &m))
+	return m
+}
+
+// TestRunThroughAmbassadorStopsOnCtrlCAndReports runs 'simulator run'
+// until every device is accepted, then cancels it as Ctrl-C does: the
+// summary and both reports must still be written. A second run reuses the
+// cached credentials.
+func TestRunThroughAmbassadorStopsOnCtrlCAndReports(t *testing.T) {
+	dir := t.TempDir()
+	env := startServers(t, filepath.Join(dir, "pki"))
+	const n = 30
+	report, html := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	args := []string{"--server", env.url, "--pki-dir", filepath.Join(dir, "pki"), "--count", "30",
+		"--ramp", "0s", "--duration", "0", "--poll", "1s", "--inventory", "2s", "--retry-poll", "1s",
+		"--identity-attr", "site=lab", "--inventory-attr", "group=a|b", "--report", report, "--html", html,
+		"--metrics", "127.0.0.1:0"}
+
+	for round, wantCache := range []string{"0 loaded from the cache, 30 keys minted", "30 loaded from the cache, 0 keys minted"} {
+		ctx, cancel := context.WithCancel(t.Context())
+		var out, errb syncBuffer
+		done := make(chan error, 1)
+		go func() { done <- cmdRun(ctx, args, &out, &errb) }()
+		// The live metrics say when every device of this run is accepted.
+		require.Eventually(t, func() bool {
+			return strings.Contains(scrape(t, out.String()), "fleet_devices_accepted 30\n")
+		}, 60*time.Second, 20*time.Millisecond)
+		assert.Equal(t, n, acceptedDevices(env))
+		cancel() // Ctrl-C
+		select {
+		case err := <-done:
+			require.NoError(t, err, "stderr: %s", errb.String())
+		case <-time.After(30 * time.Second):
+			t.Fatal("run did not stop after Ctrl-C")
+		}
+		stdout := out.String()
+		assert.Contains(t, stdout, wantCache, "round %d", round)
+		assert.Contains(t, stdout, "interrupted: reporting what happened so far")
+		assert.Contains(t, stdout, "accepted     30/30")
+		assert.Contains(t, stdout, "metrics: http://127.0.0.1:")
+		assert.Contains(t, stdout, "JSON report: "+report)
+		assert.Contains(t, stdout, "HTML report: "+html)
+
+		m := readJSONReport(t, report)
+		assert.Equal(t, float64(n), m["devices"])
+		assert.Equal(t, float64(n), m["accepted"])
+		assert.Equal(t, float64(0), m["errors_total"])
+		assert.Positive(t, m["time_to_all_accepted_s"])
+		ops := m["operations"].(map[string]any)
+		auth := ops["auth"].(map[string]any)
+		assert.Equal(t, float64(n), auth["count"], "round %d: one auth per device", round)
+		for _, k := range []string{"count", "errors", "p50_ms", "p99_ms"} {
+			assert.Contains(t, auth, k)
+		}
+		page, err := os.ReadFile(html)
+		require.NoError(t, err)
+		assert.Contains(t, string(page), "<svg")
+	}
+	devs := env.backend.Devices()
+	require.Len(t, devs, n, "the second run reused the same identities and keys")
+	assert.Equal(t, "lab", devs[0].IdentityData["site"])
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no server", []string{"--count", "1", "--pki-dir", dir}, "--server is required"},
+		{"no count", []string{"--server", "https://x", "--pki-dir", dir}, "--count 0"},
+		{"no pki dir", []string{"--server", "https://x", "--count", "1"}, "--pki-dir is required"},
+		{"no-mtls without a key cache", []string{"--server", "https://x", "--count", "1", "--no-mtls"}, "--key-file"},
+		{"key-file with mTLS", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--key-file", "k"}, "--key-file is for --no-mtls"},
+		{"bad shard", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--shard", "2/2"}, "--shard"},
+		{"bad key type", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--key-type", "dsa"}, "--key-type"},
+		{"prefix too long", []string{"--server", "https://x", "--count", "300", "--pki-dir", dir, "--mac-prefix", "02:00:00:00:00"}, "room for 256"},
+		{"fail rate", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--fail-rate", "2"}, "--fail-rate"},
+		{"attribute", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--inventory-attr", "novalue"}, "--inventory-attr"},
+		{"zero poll", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--poll", "0s"}, "--poll"},
+		{"no CA in the pki dir", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir}, "simulator pki init"},
+		{"empty shard", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--no-mtls", "--shard", "0/2"}, "holds no device"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := cmdRun(t.Context(), tt.args, &out, &errb)
+			require.Error(t, err)
+			assert.Contains(t, err.Error()+errb.String(), tt.want)
+		})
+	}
+}
+
+func writeShardReport(t *testing.T, dir, shard string, first, devices int) string {
+	t.Helper()
+	h := &fleet.Histogram{}
+	h.Record(time.Duration(first+1) * time.Millisecond)
+	tta := 2.5
+	r := &fleet.Report{Version: fleet.ReportVersion, Devices: devices, Accepted: devices, RequestsTotal: 1,
+		TimeToAllAcceptedS: &tta, Started: time.Now(), Ended: time.Now().Add(time.Minute),
+		Shards:     []fleet.ShardReport{{Shard: shard, FirstIndex: first, Devices: devices, TimeToAllAcceptedS: &tta}},
+		Operations: map[string]*fleet.OpReport{"auth": {Count: 1, ErrorsByKind: map[string]uint64{}, Histogram: h}},
+		Timeline:   fleet.Timeline{StepS: 1, Accepted: []int{devices}, Requests: []uint64{1}, Errors: []uint64{0}}}
+	p := filepath.Join(dir, "shard-"+strings.ReplaceAll(shard, "/", "-")+".json")
+	require.NoError(t, r.SaveJSON(p))
+	return p
+}
+
+func TestReportMerge(t *testing.T) {
+	dir := t.TempDir()
+	a := writeShardReport(t, dir, "0/2", 0, 5)
+	b := writeShardReport(t, dir, "1/2", 5, 5)
+	outFile, html := filepath.Join(dir, "all.json"), filepath.Join(dir, "all.html")
+
+	var out, errb bytes.Buffer
+	require.NoError(t, cmdReport([]string{"merge", a, "--out", outFile, b, "--html", html}, &out, &errb), errb.String())
+	m := readJSONReport(t, outFile)
+	assert.Equal(t, float64(10), m["devices"])
+	assert.Equal(t, float64(2), m["operations"].(map[string]any)["auth"].(map[string]any)["count"])
+	assert.Len(t, m["shards"], 2)
+	assert.Contains(t, out.String(), "accepted     10/10")
+	assert.FileExists(t, html)
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"same shard twice", []string{"merge", a, a, "--out", outFile}, "appears twice"},
+		{"no inputs", []string{"merge", "--out", outFile}, "no input reports"},
+		{"no out", []string{"merge", a}, "--out is required"},
+		{"missing file", []string{"merge", filepath.Join(dir, "nope.json"), "--out", outFile}, "no such file"},
+		{"positional after terminator", []string{"merge", "--out", outFile, "--", "--html"}, "--html"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := cmdReport(tt.args, &out, &errb)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+	assert.ErrorIs(t, cmdReport(nil, io.Discard, io.Discard), errUsage)
+	assert.ErrorIs(t, cmdReport([]string{"frobnicate"}, io.Discard, io.Discard), errUsage)
+}
+
+// TestDemoShort runs the demo with a small fleet: every device accepted,
+// no errors, the mid-run deployment scheduled, reports written; without a
+// device-agent next to the test binary it says so and runs anyway.
+func TestDemoShort(t *testing.T) {
+	dir := t.TempDir()
+	report, html := filepath.Join(dir, "demo.json"), filepath.Join(dir, "demo.html")
+	var out, errb syncBuffer
+	err := cmdDemo(t.Context(), []string{"--count", "20", "--duration", "8s", "--report", report, "--html", html}, &out, &errb)
+	require.NoError(t, err, errb.String())
+	stdout := out.String()
+	assert.Contains(t, stdout, "no device-agent next to this binary")
+	assert.Contains(t, stdout, "deployment of demo-release-2 scheduled to 2 devices")
+	assert.Contains(t, stdout, "deployment: demo-release-2 to 2 devices on the backend")
+	assert.Contains(t, stdout, "HTML report: "+html)
+
+	m := readJSONReport(t, report)
+	assert.Equal(t, float64(20), m["devices"])
+	assert.Equal(t, float64(20), m["accepted"], "every device accepted")
+	assert.Equal(t, float64(0), m["errors_total"], "no errors")
+	assert.NotNil(t, m["time_to_all_accepted_s"])
+}
+
+func TestDemoCtrlCStillReports(t *testing.T) {
+	dir := t.TempDir()
+	report := filepath.Join(dir, "demo.json")
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errb syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- cmdDemo(ctx, []string{"--count", "10", "--duration", "10m", "--report", report, "--html", ""}, &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "10 devices with their own") }, 30*time.Second, 20*time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err, errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop after Ctrl-C")
+	}
+	assert.Contains(t, out.String(), "interrupted: reporting what happened so far")
+	assert.Contains(t, out.String(), "deployment: not scheduled (the run ended before half time)")
+	m := readJSONReport(t, report)
+	assert.Equal(t, float64(10), m["devices"])
+}
+
+func TestShowProgress(t *testing.T) {
+	get := func() fleet.Progress { return fleet.Progress{Devices: 3, Accepted: 2, Elapsed: time.Second} }
+	tests := []struct {
+		name       string
+		tty        bool
+		wantPrefix string
+	}{
+		{"terminal: one line refreshed with \\r", true, "\r"},
+		{"pipe: plain lines", false, "   1.0s  accepted 2/3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+			var buf bytes.Buffer
+			showProgress(ctx, &buf, tt.tty, get)
+			assert.True(t, strings.HasPrefix(buf.String(), tt.wantPrefix), "%q", buf.String())
+			assert.True(t, strings.HasSuffix(buf.String(), "\n"), "the final state ends its line")
+			assert.Equal(t, 1, strings.Count(buf.String(), "accepted 2/3"))
+		})
+	}
+	assert.False(t, isTerminal(&bytes.Buffer{}))
+}

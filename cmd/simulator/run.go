@@ -1,0 +1,391 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/mender-mtls/mtls-agent/internal/fleet"
+	"github.com/mender-mtls/mtls-agent/internal/pki"
+)
+
+// repeatFlag collects a repeatable flag verbatim (values may hold commas).
+type repeatFlag []string
+
+func (r *repeatFlag) String() string { return strings.Join(*r, " ") }
+func (r *repeatFlag) Set(v string) error {
+	*r = append(*r, v)
+	return nil
+}
+
+// reportFlags are the output flags shared by run and demo.
+type reportFlags struct {
+	report, html, metrics string
+}
+
+func (r *reportFlags) register(fs *flag.FlagSet, reportDef, htmlDef string) {
+	fs.StringVar(&r.report, "report", reportDef, "write the JSON report to `FILE`")
+	fs.StringVar(&r.html, "html", htmlDef, "write the self-contained HTML report to `FILE`")
+	fs.StringVar(&r.metrics, "metrics", "", "serve live Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9102")
+}
+
+type runFlags struct {
+	server, ca, pkiDir, keyFile string
+	count                       int
+	keyType, macPrefix          string
+	identityAttrs, invAttrs     repeatFlag
+	ramp, duration              time.Duration
+	poll, inventory, retryPoll  time.Duration
+	jitter, failRate            float64
+	tenantToken                 string
+	deviceType, artifactName    string
+	noMTLS                      bool
+	shard                       string
+	logLevel                    string
+	out                         reportFlags
+}
+
+const runSynopsis = `Simulate --count Mender devices against --server through the real device client: each device
+has its own key and (unless --no-mtls) its own certificate signed by the CA in --pki-dir, cached
+there so that a rerun starts in seconds. Progress is shown live; at the end (after --duration, or
+on Ctrl-C) a summary is printed and the reports are written.
+
+--pki-dir DIR holds the device CA (DIR/ca.crt and DIR/ca.key, as made by 'simulator pki init' or
+'simulator serve --dir DIR') and the credential cache (DIR/devices/<key type>/).
+With --shard i/N, this process simulates the i-th of N slices of the --count devices; merge the
+shard reports with 'simulator report merge'.`
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f runFlags
+	fs := newFlagSet("run", runSynopsis, stderr)
+	fs.StringVar(&f.server, "server", "", "server or ambassador base `URL`, e.g. https://127.0.0.1:8443 (required)")
+	fs.StringVar(&f.ca, "ca", "", "CA `FILE` trusted for the server certificate (default: PKI-DIR/ca.crt when present, else the system roots)")
+	fs.StringVar(&f.pkiDir, "pki-dir", "", "`DIR` with the device CA and the credential cache (required unless --no-mtls --key-file)")
+	fs.IntVar(&f.count, "count", 0, "number of devices in the whole fleet (required)")
+	fs.StringVar(&f.keyType, "key-type", string(pki.ECDSAP256), "device key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
+	fs.StringVar(&f.macPrefix, "mac-prefix", fleet.DefaultMACPrefix.String(), "leading MAC `OCTETS`; the device index fills the rest")
+	fs.Var(&f.identityAttrs, "identity-attr", "extra identity attribute `k=v` for every device (repeatable)")
+	fs.Var(&f.invAttrs, "inventory-attr", "extra inventory attribute `k=v1|v2`: device i reports value i mod n (repeatable)")
+	fs.DurationVar(&f.ramp, "ramp", 30*time.Second, "spread the device starts over this time")
+	fs.DurationVar(&f.duration, "duration", 5*time.Minute, "run time; 0 runs until Ctrl-C")
+	fs.DurationVar(&f.poll, "poll", 30*time.Minute, "update poll interval (Mender's UpdatePollIntervalSeconds)")
+	fs.DurationVar(&f.inventory, "inventory", 8*time.Hour, "inventory interval (Mender's InventoryPollIntervalSeconds)")
+	fs.DurationVar(&f.retryPoll, "retry-poll", 5*time.Minute, "wait while pending and cap of the retry backoff (Mender's RetryPollIntervalSeconds)")
+	fs.Float64Var(&f.jitter, "jitter", 0.1, "spread every periodic wait over interval·(1±jitter), in (0, 1]")
+	fs.StringVar(&f.tenantToken, "tenant-token", "", "tenant `TOKEN` sent in auth requests (hosted Mender)")
+	fs.StringVar(&f.deviceType, "device-type", fleet.DefaultDeviceType, "device type the devices report")
+	fs.StringVar(&f.artifactName, "artifact-name", fleet.DefaultArtifactName, "artifact name the devices start with")
+	fs.BoolVar(&f.noMTLS, "no-mtls", false, "devices without client certificates (plain Mender); each still has its own key")
+	fs.StringVar(&f.keyFile, "key-file", "", "with --no-mtls: `FILE` caching every device key (created when missing)")
+	fs.Float64Var(&f.failRate, "fail-rate", 0, "fraction of deployments a device reports as failed, with a log upload")
+	fs.StringVar(&f.shard, "shard", "0/1", "simulate slice `i/N` of the fleet's device indices")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the simulator's own messages on stderr: debug, info, warn or error")
+	f.out.register(fs, "", "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	setup, err := f.setup(ctx, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%d devices (shard %s, indices %d..%d, %s) against %s\n", len(setup.opts.Credentials), setup.opts.Shard,
+		setup.lo, setup.hi-1, setup.mode, f.server)
+	fmt.Fprintf(stdout, "credentials: %d loaded from the cache, %d keys minted, %d certificates reissued (%.1fs)\n",
+		setup.store.Loaded, setup.store.MintedKeys, setup.store.ReissuedCerts, setup.storeTime.Seconds())
+	fl, err := fleet.New(setup.opts)
+	if err != nil {
+		return err
+	}
+	return runFleet(ctx, fl, f.out, stdout, log, nil)
+}
+
+// runSetup is what the flags resolve to.
+type runSetup struct {
+	opts      fleet.Options
+	lo, hi    int
+	mode      string
+	store     fleet.StoreResult
+	storeTime time.Duration
+}
+
+func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, error) {
+	var errs []error
+	if f.server == "" {
+		errs = append(errs, errors.New("run: --server is required: the server or ambassador URL"))
+	}
+	if f.count <= 0 {
+		errs = append(errs, fmt.Errorf("run: --count %d: give the number of devices (at least 1)", f.count))
+	}
+	kt, err := pki.ParseKeyType(f.keyType)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--key-type: %w", err))
+	}
+	prefix, err := fleet.ParseMACPrefix(f.macPrefix)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--mac-prefix: %w", err))
+	} else if f.count > prefix.Capacity() {
+		errs = append(errs, fmt.Errorf("--mac-prefix %s leaves room for %d devices, not %d: use a shorter prefix", prefix, prefix.Capacity(), f.count))
+	}
+	shard, err := fleet.ParseShard(f.shard)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--shard: %w", err))
+	}
+	var ids, invs []fleet.Attribute
+	for _, s := range f.identityAttrs {
+		a, err := fleet.ParseAttribute(s, false)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--identity-attr: %w", err))
+		}
+		ids = append(ids, a)
+	}
+	for _, s := range f.invAttrs {
+		a, err := fleet.ParseAttribute(s, true)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--inventory-attr: %w", err))
+		}
+		invs = append(invs, a)
+	}
+	if !(f.failRate >= 0 && f.failRate <= 1) {
+		errs = append(errs, fmt.Errorf("--fail-rate %v: want a fraction in [0, 1]", f.failRate))
+	}
+	if !(f.jitter > 0 && f.jitter <= 1) {
+		errs = append(errs, fmt.Errorf("--jitter %v: want a fraction in (0, 1]", f.jitter))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ramp", f.ramp}, {"duration", f.duration}, {"poll", f.poll}, {"inventory", f.inventory}, {"retry-poll", f.retryPoll}} {
+		if d.v < 0 || (d.v == 0 && d.name != "ramp" && d.name != "duration") {
+			errs = append(errs, fmt.Errorf("--%s %v: want a positive duration", d.name, d.v))
+		}
+	}
+	switch {
+	case f.noMTLS && f.keyFile == "" && f.pkiDir == "":
+		errs = append(errs, errors.New("run: --no-mtls needs --key-file FILE (or --pki-dir DIR) to cache the device keys"))
+	case !f.noMTLS && f.pkiDir == "":
+		errs = append(errs, errors.New("run: --pki-dir is required: the directory with the device CA (ca.crt, ca.key), e.g. from 'simulator serve --dir DIR'"))
+	case !f.noMTLS && f.keyFile != "":
+		errs = append(errs, errors.New("run: --key-file is for --no-mtls; with mTLS the credentials are cached in --pki-dir"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+
+	roots, err := f.roots()
+	if err != nil {
+		return nil, err
+	}
+	so := fleet.StoreOptions{KeyType: kt, Name: prefix.MAC, Logger: log}
+	mode := string(kt) + " keys, mTLS"
+	switch {
+	case !f.noMTLS:
+		crt, key := caPaths(f.pkiDir)
+		if so.CA, err = pki.LoadCA(crt, key); err != nil {
+			return nil, fmt.Errorf("--pki-dir %s: %w (create a CA with: simulator pki init --dir %s)", f.pkiDir, err, f.pkiDir)
+		}
+		so.Dir = filepath.Join(f.pkiDir, "devices")
+	case f.keyFile != "":
+		so.File, mode = f.keyFile, string(kt)+" keys, no client certificates"
+	default:
+		so.Dir, mode = filepath.Join(f.pkiDir, "devices"), string(kt)+" keys, no client certificates"
+	}
+	lo, hi := shard.Range(f.count)
+	if hi <= lo {
+		return nil, fmt.Errorf("--shard %s of --count %d holds no device: use fewer shards", shard, f.count)
+	}
+	start := time.Now()
+	creds, res, err := fleet.LoadCredentials(ctx, so, lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	return &runSetup{
+		opts: fleet.Options{
+			ServerURL: f.server, RootCAs: roots, Credentials: creds, Shard: shard, MACPrefix: prefix,
+			IdentityAttrs: ids, InventoryAttrs: invs, TenantToken: f.tenantToken,
+			DeviceType: f.deviceType, ArtifactName: f.artifactName,
+			Ramp: f.ramp, Duration: f.duration, PollInterval: f.poll, InventoryInterval: f.inventory,
+			RetryInterval: f.retryPoll, Jitter: f.jitter, FailRate: f.failRate, Logger: log,
+		},
+		lo: lo, hi: hi, mode: mode, store: res, storeTime: time.Since(start),
+	}, nil
+}
+
+// roots returns the pool trusted for the server: --ca, else PKI-DIR/ca.crt
+// when it exists, else nil (the system roots).
+func (f *runFlags) roots() (*x509.CertPool, error) {
+	file := f.ca
+	if file == "" && f.pkiDir != "" {
+		if crt, _ := caPaths(f.pkiDir); fileExists(crt) {
+			file = crt
+		}
+	}
+	if file == "" {
+		return nil, nil
+	}
+	pool, err := loadPool(file)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	return pool, nil
+}
+
+// loadPool returns a pool with the PEM certificates of file.
+func loadPool(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s: no PEM certificate in the file: give the CA that signed the server certificate", file)
+	}
+	return pool, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// runFleet runs fl with live progress on stdout and, when asked, a
+// Prometheus endpoint; then prints the summary, calls extra (when not nil)
+// to print more, and writes the reports. A canceled run (Ctrl-C) still
+// prints and writes everything.
+func runFleet(ctx context.Context, fl *fleet.Fleet, out reportFlags, stdout io.Writer, log *slog.Logger, extra func(io.Writer)) error {
+	if out.metrics != "" {
+		ln, err := net.Listen("tcp", out.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics %s: %w", out.metrics, err)
+		}
+		srv := &http.Server{Handler: fl.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "addr", ln.Addr().String(), "err", err)
+			}
+		}()
+		defer srv.Close()
+		fmt.Fprintf(stdout, "metrics: http://%s/metrics\n", ln.Addr())
+	}
+	pctx, stopProgress := context.WithCancel(ctx)
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		showProgress(pctx, stdout, isTerminal(stdout), fl.Progress)
+	}()
+	r, err := fl.Run(ctx)
+	stopProgress()
+	<-progressDone
+	if err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(stdout, "interrupted: reporting what happened so far")
+	}
+	fmt.Fprintln(stdout)
+	if err := r.WriteSummary(stdout); err != nil {
+		return err
+	}
+	if extra != nil {
+		fmt.Fprintln(stdout)
+		extra(stdout)
+	}
+	return writeReports(r, out, stdout)
+}
+
+// writeReports writes the JSON and HTML reports that out names.
+func writeReports(r *fleet.Report, out reportFlags, stdout io.Writer) error {
+	var errs []error
+	if out.report != "" {
+		if err := r.SaveJSON(out.report); err != nil {
+			errs = append(errs, fmt.Errorf("--report: %w", err))
+		} else {
+			fmt.Fprintf(stdout, "\nJSON report: %s\n", absPath(out.report))
+		}
+	}
+	if out.html != "" {
+		var sb strings.Builder
+		if err := r.WriteHTML(&sb); err != nil {
+			errs = append(errs, err)
+		} else if err := os.WriteFile(out.html, []byte(sb.String()), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("--html: %w", err))
+		} else {
+			fmt.Fprintf(stdout, "HTML report: %s\n", absPath(out.html))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	if lw, ok := w.(*lockedWriter); ok {
+		w = lw.w
+	}
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// Progress refresh periods.
+const (
+	ttyRefresh   = time.Second
+	plainRefresh = 10 * time.Second
+)
+
+// showProgress prints get() until ctx is done: on a terminal one line
+// refreshed in place with \r, otherwise a plain line every 10 s. It ends
+// with the final state on its own line.
+func showProgress(ctx context.Context, w io.Writer, tty bool, get func() fleet.Progress) {
+	every := plainRefresh
+	if tty {
+		every = ttyRefresh
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var last time.Time
+	show := func() {
+		last = time.Now()
+		if tty {
+			fmt.Fprintf(w, "\r%s\x1b[K", get())
+		} else {
+			fmt.Fprintln(w, get())
+		}
+	}
+	for {
+		select {
+		case <-t.C:
+			show()
+		case <-ctx.Done():
+			if tty {
+				show()
+				fmt.Fprintln(w)
+			} else if time.Since(last) >= time.Second {
+				show() // the final state, unless a line just showed it
+			}
+			return
+		}
+	}
+}

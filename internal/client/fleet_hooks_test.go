@@ -1,0 +1,179 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mender-mtls/mtls-agent/internal/menderapi"
+)
+
+// handshakeLog records OnHandshake calls.
+type handshakeLog struct {
+	mu      sync.Mutex
+	resumed []bool
+}
+
+func (h *handshakeLog) record(resumed bool) {
+	h.mu.Lock()
+	h.resumed = append(h.resumed, resumed)
+	h.mu.Unlock()
+}
+
+func (h *handshakeLog) get() []bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]bool(nil), h.resumed...)
+}
+
+func TestTransportTuning(t *testing.T) {
+	ca := newCA(t, "Tuning CA")
+	tests := []struct {
+		name      string
+		cache     bool
+		keepAlive bool
+		tlsMax    uint16
+		// want lists DidResume of each new connection for one auth request
+		// and three inventory sends.
+		want []bool
+	}{
+		{name: "no cache, no keep-alive: full handshakes", want: []bool{false, false, false, false}},
+		{name: "cache, no keep-alive: TLS 1.3 sessions resumed", cache: true, want: []bool{false, true, true, true}},
+		{name: "cache, no keep-alive: TLS 1.2 sessions resumed", cache: true, tlsMax: tls.VersionTLS12, want: []bool{false, true, true, true}},
+		{name: "keep-alive: one connection", cache: true, keepAlive: true, want: []bool{false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeServer(t)
+			srv := tlsServerMax(t, f, ca, tt.tlsMax)
+			opts, _ := baseOptions(newTestKey(t), srv)
+			opts.RootCAs = ca.pool
+			var hs handshakeLog
+			opts.Tuning = TransportTuning{OnHandshake: hs.record, DisableKeepAlives: !tt.keepAlive}
+			if tt.cache {
+				opts.Tuning.SessionCache = tls.NewLRUClientSessionCache(1)
+			}
+			c, err := New(opts)
+			require.NoError(t, err)
+			for range 3 {
+				require.NoError(t, c.SendInventory(t.Context()))
+			}
+			assert.Equal(t, tt.want, hs.get(), "DidResume of each new TLS connection")
+			c.CloseIdleConnections()
+		})
+	}
+}
+
+func TestTransportTuningDisableHTTP2(t *testing.T) {
+	ca := newCA(t, "HTTP/2 CA")
+	for _, tt := range []struct {
+		name      string
+		disable   bool
+		wantProto int
+	}{{"default offers HTTP/2", false, 2}, {"DisableHTTP2 speaks HTTP/1.1", true, 1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeServer(t)
+			srv := httptest.NewUnstartedServer(f)
+			srv.EnableHTTP2 = true
+			srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})}}
+			srv.StartTLS()
+			t.Cleanup(srv.Close)
+			opts, _ := baseOptions(newTestKey(t), srv.URL)
+			opts.RootCAs = ca.pool
+			opts.Tuning.DisableHTTP2 = tt.disable
+			c, err := New(opts)
+			require.NoError(t, err)
+			require.NoError(t, c.SendInventory(t.Context()))
+			reqs := f.requests("")
+			require.NotEmpty(t, reqs)
+			for _, r := range reqs {
+				assert.Equal(t, tt.wantProto, r.proto, "%s %s", r.method, r.path)
+			}
+			c.CloseIdleConnections()
+		})
+	}
+}
+
+func TestTransportTuningZeroValueKeepsDefaults(t *testing.T) {
+	tr := TransportTuning{}.apply(&http.Transport{TLSClientConfig: &tls.Config{}, IdleConnTimeout: 90e9})
+	assert.Nil(t, tr.TLSClientConfig.ClientSessionCache)
+	assert.False(t, tr.DisableKeepAlives)
+	assert.Equal(t, float64(90), tr.IdleConnTimeout.Seconds())
+	assert.Nil(t, tr.DialTLSContext, "no dial wrapper without OnHandshake")
+}
+
+// tlsServerMax serves h over TLS on 127.0.0.1 with a server certificate
+// from ca, capped at tlsMax (0 = TLS 1.3), and returns its URL.
+func tlsServerMax(t *testing.T, h http.Handler, ca *testCA, tlsMax uint16) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})},
+		MaxVersion:   tlsMax,
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func TestStepFollowsRunsWaitRules(t *testing.T) {
+	const (
+		retry     = 80 * time.Second
+		inventory = time.Hour
+		update    = 10 * time.Minute
+	)
+	base := min(retry, time.Minute) / 8 // first backoff ceiling
+	f := newFakeServer(t)
+	f.on(routeAuth, reply{status: http.StatusUnauthorized, body: `{"error":"dev auth: unauthorized"}`})
+	f.on(routeNextV2, reply{status: http.StatusServiceUnavailable}, reply{status: http.StatusServiceUnavailable},
+		reply{status: http.StatusTooManyRequests, retryAfter: 42 * time.Second})
+	var deployments []string
+	c, _ := memClient(t, f, func(o *Options) {
+		o.RetryPollInterval, o.InventoryPollInterval, o.UpdatePollInterval = retry, inventory, update
+		o.OnDeployment = func(_ context.Context, d *menderapi.DeploymentInstructions) { deployments = append(deployments, d.ID) }
+	})
+	var inv, upd StepState
+	ctx := t.Context()
+
+	assert.Equal(t, 500*time.Millisecond, c.FirstContactDelay(), "rand 0.5 of the one-second first-contact spread")
+	assert.Equal(t, retry, c.Step(ctx, JobInventory, &inv), "pending: wait RetryPollInterval (jitter at rand 0.5 is exact)")
+	assert.False(t, c.Authenticated())
+	assert.Equal(t, inventory, c.Step(ctx, JobInventory, &inv), "accepted: the inventory interval")
+	assert.True(t, c.Authenticated())
+
+	tests := []struct {
+		name string
+		want time.Duration
+	}{
+		{"503: backoff from the first ceiling", base / 2},
+		{"503 again: the ceiling doubles", base},
+		{"429 with Retry-After: exactly that", 42 * time.Second},
+		{"success: the update interval", update},
+	}
+	for _, tt := range tests {
+		got := c.Step(ctx, JobUpdate, &upd)
+		if tt.want == 42*time.Second {
+			assert.InDelta(t, float64(tt.want), float64(got), float64(2*time.Second), tt.name) // an HTTP-date has whole seconds
+			continue
+		}
+		assert.Equal(t, tt.want, got, tt.name)
+	}
+	f.on(routeNextV2, reply{status: http.StatusServiceUnavailable})
+	assert.Equal(t, base/2, c.Step(ctx, JobUpdate, &upd), "a success reset the backoff")
+
+	f.on(routeNextV2, reply{status: http.StatusOK, body: `{"id":"dep-1","artifact":{"artifact_name":"r2","source":{"uri":"https://x/a"},"device_types_compatible":["qemux86-64"]}}`})
+	assert.Equal(t, update, c.Step(ctx, JobUpdate, &upd))
+	assert.Equal(t, []string{"dep-1"}, deployments, "instructions go to OnDeployment, as in Run")
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.Zero(t, c.Step(cctx, JobInventory, &inv), "a done context ends the step without a wait")
+}

@@ -1,0 +1,299 @@
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"runtime/metrics"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mender-mtls/mtls-agent/internal/client"
+	promtext "github.com/mender-mtls/mtls-agent/internal/metrics"
+)
+
+// Operations reports cover, in display order; they are the client's
+// Event.Op values.
+var Operations = []string{client.OpAuth, client.OpInventory, client.OpNext, client.OpStatus, client.OpLog, client.OpDownload}
+
+// maxTimelinePoints bounds the timeline: when it is reached, neighbouring
+// points are merged and the step doubles.
+const maxTimelinePoints = 1024
+
+// Error kinds besides "http_<status>".
+const (
+	KindTimeout     = "timeout"     // the request or a read timed out
+	KindTLS         = "tls"         // handshake or certificate verification failed
+	KindConnection  = "connection"  // refused, reset, closed or another transport error
+	KindInterrupted = "interrupted" // an answer arrived but its body was cut
+)
+
+// promBounds are the Prometheus latency buckets (seconds).
+var promBounds = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+// opStats aggregates one operation.
+type opStats struct {
+	mu        sync.Mutex
+	count     uint64
+	errors    uint64
+	fallbacks uint64
+	kinds     map[string]uint64
+	hist      Histogram
+	prom      *promtext.Histogram
+}
+
+// classify decides whether an exchange failed, and how. A fallback is an
+// answer that makes the client retry with the other endpoint version (404
+// to the v2 next call, 405 to the inventory PUT); it is neither a success
+// nor an error. canceled marks exchanges cut by the fleet's own shutdown.
+func classify(op string, status int, err error) (kind string, fallback, canceled bool) {
+	if err != nil {
+		switch {
+		case errors.Is(err, context.Canceled):
+			return "", false, true
+		case status != 0:
+			return KindInterrupted, false, false
+		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+			return KindTimeout, false, false
+		case isTLSError(err):
+			return KindTLS, false, false
+		}
+		return KindConnection, false, false
+	}
+	ok := false
+	switch op {
+	case client.OpAuth:
+		ok = status == http.StatusOK
+	case client.OpInventory:
+		ok = status == http.StatusOK
+		fallback = status == http.StatusMethodNotAllowed
+	case client.OpNext:
+		ok = status == http.StatusOK || status == http.StatusNoContent
+		fallback = status == http.StatusNotFound
+	case client.OpStatus, client.OpLog:
+		ok = status == http.StatusNoContent
+	case client.OpDownload:
+		ok = status == http.StatusOK || status == http.StatusPartialContent
+	default:
+		ok = status >= 200 && status < 300
+	}
+	if ok || fallback {
+		return "", fallback, false
+	}
+	return "http_" + strconv.Itoa(status), false, false
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isTLSError(err error) bool {
+	var (
+		verr  *tls.CertificateVerificationError
+		alert tls.AlertError
+		rh    tls.RecordHeaderError
+		uerr  x509.UnknownAuthorityError
+		herr  x509.HostnameError
+		ierr  x509.CertificateInvalidError
+	)
+	return errors.As(err, &verr) || errors.As(err, &alert) || errors.As(err, &rh) ||
+		errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &ierr)
+}
+
+// collector aggregates everything a report shows. Its methods are safe for
+// concurrent use.
+type collector struct {
+	now     func() time.Time
+	start   time.Time
+	devices int
+
+	ops      map[string]*opStats // fixed keys: Operations, plus "other"
+	canceled atomic.Uint64
+
+	tickRequests, tickErrors   atomic.Uint64 // since the last sample
+	totalRequests, totalErrors atomic.Uint64
+	full, resumed              atomic.Uint64
+
+	accepted    atomic.Int64
+	allAccepted atomic.Int64 // time from start until every device was accepted, +1ns; 0 = not yet
+
+	depStarted, depSucceeded, depFailed, depAborted, depIncomplete, depBytes atomic.Uint64
+
+	memBaseline uint64
+	memPeak     atomic.Uint64
+	lastRPS     atomic.Uint64 // math.Float64bits
+
+	tlMu sync.Mutex
+	tl   timeline
+}
+
+func newCollector(devices int, sample time.Duration, now func() time.Time) *collector {
+	c := &collector{now: now, devices: devices, ops: map[string]*opStats{}, tl: timeline{base: sample, factor: 1}}
+	for _, op := range append(Operations, "other") {
+		c.ops[op] = &opStats{kinds: map[string]uint64{}, prom: promtext.NewHistogram("", "", promBounds)}
+	}
+	c.memBaseline = memInUse()
+	c.memPeak.Store(c.memBaseline)
+	return c
+}
+
+// begin sets the start of the run (the origin of the timeline and of the
+// time until every device was accepted).
+func (c *collector) begin() {
+	c.start = c.now()
+}
+
+// record aggregates one exchange and reports whether it failed and whether
+// it was cut by shutdown.
+func (c *collector) record(ev client.Event) (failed, canceled bool) {
+	kind, fallback, canceled := classify(ev.Op, ev.Status, ev.Err)
+	if canceled {
+		c.canceled.Add(1)
+		return false, true
+	}
+	st := c.ops[ev.Op]
+	if st == nil {
+		st = c.ops["other"]
+	}
+	st.mu.Lock()
+	st.count++
+	st.hist.Record(ev.Duration)
+	if fallback {
+		st.fallbacks++
+	}
+	if kind != "" {
+		st.errors++
+		st.kinds[kind]++
+	}
+	st.mu.Unlock()
+	st.prom.Observe(ev.Duration.Seconds())
+	c.tickRequests.Add(1)
+	c.totalRequests.Add(1)
+	if kind != "" {
+		c.tickErrors.Add(1)
+		c.totalErrors.Add(1)
+	}
+	return kind != "", false
+}
+
+// handshake counts one TLS handshake.
+func (c *collector) handshake(resumed bool) {
+	if resumed {
+		c.resumed.Add(1)
+	} else {
+		c.full.Add(1)
+	}
+}
+
+// markAccepted counts a device accepted for the first time.
+func (c *collector) markAccepted() {
+	if int(c.accepted.Add(1)) == c.devices {
+		c.allAccepted.Store(int64(c.now().Sub(c.start)) + 1)
+	}
+}
+
+// timeToAllAccepted returns the time from start until every device was
+// accepted, and false while some are not.
+func (c *collector) timeToAllAccepted() (time.Duration, bool) {
+	v := c.allAccepted.Load()
+	return time.Duration(v - 1), v > 0
+}
+
+// sample closes one sampling interval: timeline point, requests per
+// second and peak memory.
+func (c *collector) sample() {
+	req, errs := c.tickRequests.Swap(0), c.tickErrors.Swap(0)
+	c.tlMu.Lock()
+	c.tl.add(TimelinePoint{Accepted: int(c.accepted.Load()), Requests: req, Errors: errs})
+	c.tlMu.Unlock()
+	if c.tl.base > 0 {
+		c.lastRPS.Store(math.Float64bits(float64(req) / c.tl.base.Seconds()))
+	}
+	c.sampleMemory()
+}
+
+func (c *collector) rps() float64 { return math.Float64frombits(c.lastRPS.Load()) }
+
+func (c *collector) sampleMemory() {
+	m := memInUse()
+	for {
+		old := c.memPeak.Load()
+		if m <= old || c.memPeak.CompareAndSwap(old, m) {
+			return
+		}
+	}
+}
+
+// memInUse returns heap in use (live and fragmented spans, the
+// ReadMemStats HeapInuse) plus goroutine stacks (StackInuse), read from
+// runtime/metrics without stopping the world.
+func memInUse() uint64 {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
+	}
+	metrics.Read(s)
+	var total uint64
+	for _, x := range s {
+		if x.Value.Kind() == metrics.KindUint64 {
+			total += x.Value.Uint64()
+		}
+	}
+	return total
+}
+
+// TimelinePoint is one step of the timeline.
+type TimelinePoint struct {
+	// Accepted is the number of devices accepted at the end of the step.
+	Accepted int
+	// Requests and Errors count the exchanges that ended during the step.
+	Requests, Errors uint64
+}
+
+// timeline is a bounded series of points base·factor apart.
+type timeline struct {
+	base   time.Duration
+	factor int
+	points []TimelinePoint
+	acc    TimelinePoint
+	accN   int
+}
+
+func (t *timeline) add(p TimelinePoint) {
+	t.acc.Accepted = p.Accepted
+	t.acc.Requests += p.Requests
+	t.acc.Errors += p.Errors
+	t.accN++
+	if t.accN < t.factor {
+		return
+	}
+	t.points = append(t.points, t.acc)
+	t.acc, t.accN = TimelinePoint{}, 0
+	if len(t.points) >= maxTimelinePoints {
+		half := make([]TimelinePoint, 0, maxTimelinePoints)
+		for i := 0; i+1 < len(t.points); i += 2 {
+			a, b := t.points[i], t.points[i+1]
+			half = append(half, TimelinePoint{Accepted: b.Accepted, Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors})
+		}
+		t.points = half
+		t.factor *= 2
+	}
+}
+
+// snapshot returns the step and the points, with a partly filled last step
+// included.
+func (t *timeline) snapshot() (time.Duration, []TimelinePoint) {
+	pts := append([]TimelinePoint(nil), t.points...)
+	if t.accN > 0 {
+		pts = append(pts, t.acc)
+	}
+	return t.base * time.Duration(t.factor), pts
+}

@@ -1,0 +1,534 @@
+// Package fleet simulates a fleet of Mender devices in one process: N
+// virtual devices, each running the real internal/client with its own key
+// and, for mTLS, its own CA-signed certificate ([LoadCredentials] mints
+// them and caches them on disk), a unique identity (a MAC derived from the
+// device index plus extra attributes), its own TLS session cache and its
+// own connection pool.
+//
+// [Fleet.Run] starts the devices over a ramp. Each device's inventory and
+// update jobs run on timers through client.Step, the per-attempt logic and
+// wait rules of client.Run, so an idle device holds no goroutine. Devices
+// act on deployments as a device would: download with resume, length and
+// checksum check, status reports, failure with a log upload at a
+// configurable rate, a stop on 409, and the new artifact name in later
+// inventory and polls. The run ends with a [Report]: per-operation counts,
+// errors by kind and latency quantiles from constant-memory mergeable
+// histograms ([Histogram]), the time until every device was accepted, full
+// versus resumed TLS handshakes, peak memory and a timeline. Reports of
+// several shards ([Shard]) merge exactly ([Merge]) and render as JSON, a
+// text summary or a self-contained HTML page ([Report.WriteHTML]).
+// [Fleet.Progress] and [Fleet.WriteMetrics] expose a run live.
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mender-mtls/mtls-agent/internal/client"
+	"github.com/mender-mtls/mtls-agent/internal/metrics"
+)
+
+// Defaults of [Options].
+const (
+	DefaultDeviceType     = "test"
+	DefaultArtifactName   = "original"
+	DefaultSampleInterval = time.Second
+	// ClientVersion is the mender_client_version the devices report.
+	ClientVersion = "fleet-simulator"
+)
+
+// DefaultMACPrefix is the MAC prefix when Options.MACPrefix is nil: a
+// locally administered unicast first octet.
+var DefaultMACPrefix = MACPrefix{0x02}
+
+// ErrRunning is returned by Run when the fleet already ran or is running.
+var ErrRunning = errors.New("fleet already ran: build a new Fleet for another run")
+
+// Options configure a [Fleet]. Zero values are documented per field.
+type Options struct {
+	// ServerURL is the Mender server (or ambassador) base URL. Required.
+	ServerURL string
+	// RootCAs are the roots trusted for the server certificate, shared by
+	// every device. nil means the system roots.
+	RootCAs *x509.CertPool
+	// Credentials are the devices, one per entry; Index gives the identity.
+	// Entries with a certificate present it (mTLS). Required. New keeps the
+	// keys and the certificates' DER, not the parsed certificates.
+	Credentials []*Credential
+	// Shard is recorded in the report; the zero value is the whole fleet.
+	Shard Shard
+	// MACPrefix leads every device MAC; nil means DefaultMACPrefix. Every
+	// credential index must be below its capacity.
+	MACPrefix MACPrefix
+	// IdentityAttrs are extra identity attributes, the same for every
+	// device; "mac" is not allowed (it is derived from the index).
+	IdentityAttrs []Attribute
+	// InventoryAttrs are extra inventory attributes; device i reports value
+	// number i % len(values).
+	InventoryAttrs []Attribute
+	// TenantToken is sent in auth requests; "" means none.
+	TenantToken string
+	// DeviceType is reported by every device; "" means DefaultDeviceType.
+	DeviceType string
+	// ArtifactName is the initially installed artifact; "" means
+	// DefaultArtifactName.
+	ArtifactName string
+	// Ramp spreads the device starts evenly over this time; 0 starts all
+	// at once (each client still waits a random delay under one second).
+	Ramp time.Duration
+	// Duration ends the run; 0 means run until the context is done.
+	Duration time.Duration
+	// PollInterval, InventoryInterval and RetryInterval are the clients'
+	// update poll, inventory and retry intervals; 0 means Mender's defaults
+	// (30 min, 8 h, 5 min). RetryInterval also caps deployment retries.
+	PollInterval, InventoryInterval, RetryInterval time.Duration
+	// Jitter spreads every periodic wait over interval·(1 ± Jitter); 0
+	// means the client default 0.1.
+	Jitter float64
+	// RequestTimeout bounds each request; 0 means the client default 60 s.
+	RequestTimeout time.Duration
+	// FailRate is the fraction of deployments a device reports as failed
+	// (with a log upload), in [0, 1]; 0 means none.
+	FailRate float64
+	// DisableKeepAlives closes each connection after one request; false
+	// keeps connections alive between requests.
+	DisableKeepAlives bool
+	// IdleConnTimeout is how long an idle connection is kept; 0 means the
+	// client default 90 s.
+	IdleConnTimeout time.Duration
+	// DisableResumption turns TLS session resumption off; false gives each
+	// device its own one-entry session cache.
+	DisableResumption bool
+	// SampleInterval is the timeline and peak-memory sampling period; 0
+	// means DefaultSampleInterval.
+	SampleInterval time.Duration
+	// Logger receives the fleet's own logs; nil discards them.
+	Logger *slog.Logger
+	// DeviceLogger receives every device client's logs; nil discards them
+	// (thousands of devices would flood any terminal).
+	DeviceLogger *slog.Logger
+	// Rand returns uniform values in [0, 1) for the fail-rate decisions and
+	// deployment retry jitter; it must be safe for concurrent use. nil
+	// means math/rand/v2.
+	Rand func() float64
+	// Now is the clock of the report and timeline; nil means time.Now.
+	Now func() time.Time
+}
+
+// Fleet is a set of virtual devices. Create it with [New]; Run it once.
+// Progress and WriteMetrics may be called at any time, concurrently.
+type Fleet struct {
+	opts    Options
+	log     *slog.Logger
+	col     *collector
+	devices []*device
+	keyType string
+	mtls    bool
+	started atomic.Int64
+	ran     atomic.Bool
+	begun   atomic.Pointer[time.Time] // start of Run, for Progress
+	// runCtx is the context of the running devices' steps; set by Run
+	// before any device timer is armed.
+	runCtx context.Context
+	// inflight counts armed device timers and running steps.
+	inflight sync.WaitGroup
+	rand     func() float64
+}
+
+// New validates opts and builds one client per credential.
+func New(opts Options) (*Fleet, error) {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
+	}
+	if opts.ServerURL == "" {
+		bad("ServerURL is empty: set the server or ambassador URL")
+	}
+	if len(opts.Credentials) == 0 {
+		bad("Credentials is empty: load them with LoadCredentials")
+	}
+	if opts.MACPrefix == nil {
+		opts.MACPrefix = DefaultMACPrefix
+	}
+	capacity := opts.MACPrefix.Capacity()
+	for i, c := range opts.Credentials {
+		if c == nil || c.Key == nil {
+			bad("Credentials[%d] has no key", i)
+			break
+		}
+		if c.Index < 0 || c.Index >= capacity {
+			bad("device index %d does not fit MAC prefix %s (room for %d devices): use a shorter prefix", c.Index, opts.MACPrefix, capacity)
+			break
+		}
+	}
+	for _, a := range opts.IdentityAttrs {
+		if a.Key == "mac" {
+			bad("identity attribute mac: it is derived from the device index; use --mac-prefix")
+		}
+	}
+	for _, a := range opts.InventoryAttrs {
+		if len(a.Values) == 0 {
+			bad("inventory attribute %q has no value", a.Key)
+		}
+	}
+	if !(opts.FailRate >= 0 && opts.FailRate <= 1) {
+		bad("FailRate %v: want a fraction in [0, 1]", opts.FailRate)
+	}
+	if opts.Ramp < 0 || opts.Duration < 0 || opts.SampleInterval < 0 {
+		bad("Ramp, Duration and SampleInterval must not be negative")
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("fleet options: %w", errors.Join(errs...))
+	}
+	if opts.DeviceType == "" {
+		opts.DeviceType = DefaultDeviceType
+	}
+	if opts.ArtifactName == "" {
+		opts.ArtifactName = DefaultArtifactName
+	}
+	if opts.SampleInterval == 0 {
+		opts.SampleInterval = DefaultSampleInterval
+	}
+	if opts.RetryInterval == 0 {
+		opts.RetryInterval = client.DefaultRetryPollInterval
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	f := &Fleet{opts: opts, log: opts.Logger, rand: opts.Rand}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	if f.rand == nil {
+		f.rand = rand.Float64
+	}
+	f.col = newCollector(len(opts.Credentials), opts.SampleInterval, opts.Now)
+	f.keyType = string(keyTypeOf(opts.Credentials[0].Key))
+	f.mtls = opts.Credentials[0].Cert != nil
+	f.devices = make([]*device, len(opts.Credentials))
+	for i, cred := range opts.Credentials {
+		d, err := f.newDevice(cred)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: device %d: %w", cred.Index, err)
+		}
+		f.devices[i] = d
+	}
+	f.opts.Credentials = nil // the devices hold what they need
+	return f, nil
+}
+
+// newDevice builds the client of one device.
+func (f *Fleet) newDevice(cred *Credential) (*device, error) {
+	o := &f.opts
+	d := &device{f: f, index: cred.Index, mac: o.MACPrefix.MAC(cred.Index)}
+	tuning := client.TransportTuning{
+		OnHandshake:       f.col.handshake,
+		DisableKeepAlives: o.DisableKeepAlives,
+		IdleConnTimeout:   o.IdleConnTimeout,
+		DisableHTTP2:      true, // Mender's clients speak HTTP/1.1
+	}
+	if !o.DisableResumption {
+		tuning.SessionCache = tls.NewLRUClientSessionCache(1)
+	}
+	copts := client.Options{
+		Servers:               []string{o.ServerURL},
+		AuthKey:               cred.Key,
+		TenantToken:           o.TenantToken,
+		Identity:              d.identity,
+		DeviceType:            o.DeviceType,
+		ArtifactName:          o.ArtifactName,
+		ClientVersion:         ClientVersion,
+		RootCAs:               o.RootCAs,
+		UpdatePollInterval:    o.PollInterval,
+		InventoryPollInterval: o.InventoryInterval,
+		RetryPollInterval:     o.RetryInterval,
+		PollJitter:            o.Jitter,
+		RequestTimeout:        o.RequestTimeout,
+		Logger:                o.DeviceLogger,
+		Observer:              d.observe,
+		OnDeployment:          d.onDeployment,
+		Tuning:                tuning,
+	}
+	if cred.Cert != nil {
+		copts.TLSCredential = &derCredential{Signer: cred.Key, der: cred.Cert.Raw}
+	}
+	if len(o.InventoryAttrs) > 0 {
+		copts.Inventory = d.inventory
+	}
+	c, err := client.New(copts)
+	if err != nil {
+		return nil, err
+	}
+	d.c = c
+	return d, nil
+}
+
+// Run starts the devices over the ramp and runs them until Duration has
+// passed or ctx is done, then stops them (requests in flight are
+// canceled), closes their idle connections and returns the report.
+// Stopping is not an error: a canceled run still returns its report.
+//
+// Each device's two jobs (inventory, update checks) run on timers with the
+// client's own Step, which is Run's per-attempt logic and wait rules, in
+// Run's order: a random first-contact delay, the inventory (which
+// authenticates), then update checks once the device is authenticated. An
+// idle device therefore holds no goroutine; a goroutine exists only while
+// one of its requests (or deployments) is in progress.
+func (f *Fleet) Run(ctx context.Context) (*Report, error) {
+	if !f.ran.CompareAndSwap(false, true) {
+		return nil, ErrRunning
+	}
+	f.col.begin()
+	begun := f.col.start
+	f.begun.Store(&begun)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if f.opts.Duration > 0 {
+		var c2 context.CancelFunc
+		runCtx, c2 = context.WithTimeout(runCtx, f.opts.Duration)
+		defer c2()
+	}
+	f.log.Info("fleet starting", "devices", len(f.devices), "server", f.opts.ServerURL, "mtls", f.mtls,
+		"ramp", f.opts.Ramp, "duration", f.opts.Duration)
+
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		t := time.NewTicker(f.opts.SampleInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				f.col.sample()
+			case <-runCtx.Done():
+				return
+			}
+		}
+	})
+	f.runCtx = runCtx
+	n := len(f.devices)
+	for i, d := range f.devices {
+		ramp := time.Duration(float64(f.opts.Ramp) * float64(i) / float64(n))
+		d.arm(client.JobInventory, ramp+d.c.FirstContactDelay())
+	}
+	<-runCtx.Done()
+	for _, d := range f.devices {
+		d.stop()
+	}
+	f.inflight.Wait()
+	sampler.Wait()
+	ended := f.opts.Now()
+	for _, d := range f.devices {
+		d.c.CloseIdleConnections()
+	}
+	f.col.sample()
+	r := f.report(ended)
+	f.log.Info("fleet stopped", "accepted", r.Accepted, "devices", r.Devices, "requests", r.RequestsTotal, "errors", r.ErrorsTotal)
+	return r, nil
+}
+
+// Progress is a live view of a run.
+type Progress struct {
+	// Elapsed is the time since Run started.
+	Elapsed time.Duration
+	// Devices is the fleet size; Started how many devices were launched.
+	Devices, Started int
+	// Accepted devices authenticated at least once; Pending ones got 401
+	// on their last auth request and were never accepted; Failing ones had
+	// their last exchange fail.
+	Accepted, Pending, Failing int
+	// Requests and Errors are totals; RPS is the request rate over the last
+	// sampling interval.
+	Requests, Errors uint64
+	RPS              float64
+}
+
+// String renders the progress as one line.
+func (p Progress) String() string {
+	return fmt.Sprintf("%6.1fs  accepted %d/%d  pending %d  failing %d  started %d  %.0f req/s  requests %d  errors %d",
+		p.Elapsed.Seconds(), p.Accepted, p.Devices, p.Pending, p.Failing, p.Started, p.RPS, p.Requests, p.Errors)
+}
+
+// Progress returns the current state of the run.
+func (f *Fleet) Progress() Progress {
+	p := Progress{
+		Devices:  len(f.devices),
+		Started:  int(f.started.Load()),
+		Accepted: int(f.col.accepted.Load()),
+		Requests: f.col.totalRequests.Load(),
+		Errors:   f.col.totalErrors.Load(),
+		RPS:      f.col.rps(),
+	}
+	if b := f.begun.Load(); b != nil {
+		p.Elapsed = f.opts.Now().Sub(*b)
+	}
+	p.Pending, p.Failing = f.states()
+	return p
+}
+
+// states counts pending and failing devices.
+func (f *Fleet) states() (pending, failing int) {
+	for _, d := range f.devices {
+		s := d.state.Load()
+		if s&stPending != 0 && s&stAccepted == 0 {
+			pending++
+		}
+		if s&stFailing != 0 {
+			failing++
+		}
+	}
+	return pending, failing
+}
+
+// report builds the report at the end of a run.
+func (f *Fleet) report(ended time.Time) *Report {
+	c := f.col
+	r := &Report{
+		Version:       ReportVersion,
+		Started:       c.start,
+		Ended:         ended,
+		DurationS:     ended.Sub(c.start).Seconds(),
+		Server:        f.opts.ServerURL,
+		MTLS:          f.mtls,
+		KeyType:       f.keyType,
+		Devices:       len(f.devices),
+		Accepted:      int(c.accepted.Load()),
+		RequestsTotal: c.totalRequests.Load(),
+		ErrorsTotal:   c.totalErrors.Load(),
+		Canceled:      c.canceled.Load(),
+		Handshakes:    Handshakes{Full: c.full.Load(), Resumed: c.resumed.Load()},
+		Memory:        Memory{PeakBytes: c.memPeak.Load(), BaselineBytes: c.memBaseline},
+		Deployments: Deployments{
+			Started: c.depStarted.Load(), Succeeded: c.depSucceeded.Load(), Failed: c.depFailed.Load(),
+			Aborted: c.depAborted.Load(), Incomplete: c.depIncomplete.Load(), DownloadedBytes: c.depBytes.Load(),
+		},
+		Operations: map[string]*OpReport{},
+	}
+	r.Pending, r.Failing = f.states()
+	r.Memory.PerDeviceKiB = perDeviceKiB(r.Memory, r.Devices)
+	if d, ok := c.timeToAllAccepted(); ok {
+		s := d.Seconds()
+		r.TimeToAllAcceptedS = &s
+	}
+	r.Shards = []ShardReport{{Shard: f.opts.Shard.String(), FirstIndex: f.devices[0].index,
+		Devices: len(f.devices), TimeToAllAcceptedS: r.TimeToAllAcceptedS}}
+	for name, st := range c.ops {
+		st.mu.Lock()
+		if name == "other" && st.count == 0 {
+			st.mu.Unlock()
+			continue
+		}
+		h := st.hist
+		o := &OpReport{Count: st.count, Errors: st.errors, Fallbacks: st.fallbacks,
+			ErrorsByKind: make(map[string]uint64, len(st.kinds)), Histogram: &h}
+		for k, v := range st.kinds {
+			o.ErrorsByKind[k] = v
+		}
+		st.mu.Unlock()
+		o.fillStats()
+		r.Operations[name] = o
+	}
+	c.tlMu.Lock()
+	step, pts := c.tl.snapshot()
+	c.tlMu.Unlock()
+	r.Timeline = Timeline{StepS: step.Seconds(), Accepted: make([]int, len(pts)),
+		Requests: make([]uint64, len(pts)), Errors: make([]uint64, len(pts))}
+	for i, p := range pts {
+		r.Timeline.Accepted[i], r.Timeline.Requests[i], r.Timeline.Errors[i] = p.Accepted, p.Requests, p.Errors
+	}
+	return r
+}
+
+// WriteMetrics writes the live fleet metrics in the Prometheus text format.
+func (f *Fleet) WriteMetrics(w io.Writer) error {
+	c := f.col
+	p := f.Progress()
+	mw := metrics.NewWriter(w)
+	gauge := func(name, help string, v float64) {
+		mw.Header(name, help, metrics.TypeGauge)
+		mw.Sample(name, nil, v)
+	}
+	gauge("fleet_devices", "Virtual devices in this process.", float64(p.Devices))
+	gauge("fleet_devices_started", "Devices launched so far (ramp).", float64(p.Started))
+	gauge("fleet_devices_accepted", "Devices that authenticated at least once.", float64(p.Accepted))
+	gauge("fleet_devices_pending", "Devices whose last auth request got 401 and were never accepted.", float64(p.Pending))
+	gauge("fleet_devices_failing", "Devices whose last exchange failed.", float64(p.Failing))
+	if d, ok := c.timeToAllAccepted(); ok {
+		gauge("fleet_all_accepted_seconds", "Time from the start until every device was accepted.", d.Seconds())
+	}
+	gauge("fleet_memory_inuse_bytes", "Heap in use plus goroutine stacks.", float64(memInUse()))
+	gauge("fleet_memory_peak_bytes", "Largest sampled heap in use plus stacks.", float64(c.memPeak.Load()))
+
+	type opSnap struct {
+		count, errs, fallbacks uint64
+		kinds                  map[string]uint64
+	}
+	snaps := map[string]opSnap{}
+	for _, op := range append(Operations, "other") {
+		st := c.ops[op]
+		st.mu.Lock()
+		s := opSnap{count: st.count, errs: st.errors, fallbacks: st.fallbacks, kinds: map[string]uint64{}}
+		for k, v := range st.kinds {
+			s.kinds[k] = v
+		}
+		st.mu.Unlock()
+		snaps[op] = s
+	}
+	mw.Header("fleet_requests_total", "Finished exchanges, by operation.", metrics.TypeCounter)
+	for _, op := range Operations {
+		mw.Sample("fleet_requests_total", []metrics.Label{{Name: "op", Value: op}}, float64(snaps[op].count))
+	}
+	mw.Header("fleet_request_errors_total", "Failed exchanges, by operation and kind.", metrics.TypeCounter)
+	for _, op := range Operations {
+		for _, k := range slices.Sorted(maps.Keys(snaps[op].kinds)) {
+			mw.Sample("fleet_request_errors_total", []metrics.Label{{Name: "op", Value: op}, {Name: "kind", Value: k}}, float64(snaps[op].kinds[k]))
+		}
+	}
+	mw.Header("fleet_request_fallbacks_total", "Answers that made the client switch endpoint version.", metrics.TypeCounter)
+	for _, op := range []string{client.OpInventory, client.OpNext} {
+		mw.Sample("fleet_request_fallbacks_total", []metrics.Label{{Name: "op", Value: op}}, float64(snaps[op].fallbacks))
+	}
+	mw.Header("fleet_requests_canceled_total", "Exchanges cut by the end of the run.", metrics.TypeCounter)
+	mw.Sample("fleet_requests_canceled_total", nil, float64(c.canceled.Load()))
+	mw.Header("fleet_request_duration_seconds", "Exchange latency, by operation.", metrics.TypeHistogram)
+	for _, op := range Operations {
+		bounds, counts, sum := c.ops[op].prom.Snapshot()
+		mw.Histogram("fleet_request_duration_seconds", []metrics.Label{{Name: "op", Value: op}}, bounds, counts, sum)
+	}
+	mw.Header("fleet_tls_handshakes_total", "TLS handshakes of new connections, full or resumed.", metrics.TypeCounter)
+	mw.Sample("fleet_tls_handshakes_total", []metrics.Label{{Name: "type", Value: "full"}}, float64(c.full.Load()))
+	mw.Sample("fleet_tls_handshakes_total", []metrics.Label{{Name: "type", Value: "resumed"}}, float64(c.resumed.Load()))
+	mw.Header("fleet_deployments_total", "Deployments acted on, by outcome (started counts every one).", metrics.TypeCounter)
+	for _, o := range []struct {
+		name string
+		v    *atomic.Uint64
+	}{{"started", &c.depStarted}, {"succeeded", &c.depSucceeded}, {"failed", &c.depFailed},
+		{"aborted", &c.depAborted}, {"incomplete", &c.depIncomplete}} {
+		mw.Sample("fleet_deployments_total", []metrics.Label{{Name: "outcome", Value: o.name}}, float64(o.v.Load()))
+	}
+	return mw.Flush()
+}
+
+// MetricsHandler serves WriteMetrics on GET /metrics.
+func (f *Fleet) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", metrics.ContentType)
+		_ = f.WriteMetrics(w)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not found: use GET /metrics", http.StatusNotFound)
+	})
+	return mux
+}

@@ -1,0 +1,459 @@
+package fleet
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
+)
+
+// ReportVersion is the version of the report JSON this package writes and
+// reads.
+const ReportVersion = 1
+
+// Report is what a fleet run measured; every field is computed from the
+// exchanges, handshakes and samples of the run. Its JSON form (--report)
+// is the stable interface; field documentation gives units.
+type Report struct {
+	// Version is ReportVersion.
+	Version int `json:"version"`
+	// Started and Ended bound the run (the earliest and latest over merged
+	// shards).
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended"`
+	// DurationS is Ended - Started in seconds.
+	DurationS float64 `json:"duration_s"`
+	// Server is the base URL the devices talked to.
+	Server string `json:"server"`
+	// MTLS tells whether the devices presented client certificates.
+	MTLS bool `json:"mtls"`
+	// KeyType is the device key type (ecdsa-p256, ...).
+	KeyType string `json:"key_type"`
+	// Shards lists the shard (or shards, after a merge) in the report.
+	Shards []ShardReport `json:"shards"`
+	// Devices is the number of simulated devices.
+	Devices int `json:"devices"`
+	// Accepted is the number of devices that authenticated successfully at
+	// least once.
+	Accepted int `json:"accepted"`
+	// Pending is the number of devices whose last auth request got 401 and
+	// that were never accepted, at the end.
+	Pending int `json:"pending"`
+	// Failing is the number of devices whose last exchange failed, at the end.
+	Failing int `json:"failing"`
+	// RequestsTotal counts every finished exchange (canceled ones excluded).
+	RequestsTotal uint64 `json:"requests_total"`
+	// ErrorsTotal counts the failed exchanges over every operation.
+	ErrorsTotal uint64 `json:"errors_total"`
+	// Canceled counts exchanges cut by the end of the run; they are no errors.
+	Canceled uint64 `json:"canceled"`
+	// TimeToAllAcceptedS is the time in seconds from the start of the run
+	// until every device was accepted; null when some never were. For a
+	// merged report it is the slowest shard's.
+	TimeToAllAcceptedS *float64 `json:"time_to_all_accepted_s"`
+	// Handshakes counts TLS handshakes of new connections.
+	Handshakes Handshakes `json:"handshakes"`
+	// Memory is the simulator's memory use.
+	Memory Memory `json:"memory"`
+	// Deployments counts what the devices did with deployments.
+	Deployments Deployments `json:"deployments"`
+	// Operations holds per-operation statistics, keyed by auth, inventory,
+	// next, status, log and download (all present, possibly with count 0).
+	Operations map[string]*OpReport `json:"operations"`
+	// Timeline is the run sampled over time.
+	Timeline Timeline `json:"timeline"`
+}
+
+// ShardReport names one shard of the fleet in a report.
+type ShardReport struct {
+	// Shard is "i/N".
+	Shard string `json:"shard"`
+	// FirstIndex is the first device index of the shard.
+	FirstIndex int `json:"first_index"`
+	// Devices is the number of devices of the shard.
+	Devices int `json:"devices"`
+	// TimeToAllAcceptedS is the shard's own value (see Report).
+	TimeToAllAcceptedS *float64 `json:"time_to_all_accepted_s"`
+}
+
+// Handshakes counts TLS handshakes.
+type Handshakes struct {
+	// Full handshakes sent the client certificate and signed with the key.
+	Full uint64 `json:"full"`
+	// Resumed handshakes reused a TLS session.
+	Resumed uint64 `json:"resumed"`
+}
+
+// Memory is sampled heap in use plus goroutine stacks.
+type Memory struct {
+	// PeakBytes is the largest sample during the run (summed over shards).
+	PeakBytes uint64 `json:"peak_bytes"`
+	// BaselineBytes is the sample taken before the device clients were
+	// built (summed over shards).
+	BaselineBytes uint64 `json:"baseline_bytes"`
+	// PerDeviceKiB is (PeakBytes - BaselineBytes) / Devices / 1024. It
+	// includes everything else the process did meanwhile (an in-process
+	// backend in `simulator demo`).
+	PerDeviceKiB float64 `json:"per_device_kib"`
+}
+
+// Deployments counts deployment outcomes on the devices.
+type Deployments struct {
+	// Started counts deployment instructions a device acted on.
+	Started uint64 `json:"started"`
+	// Succeeded counts deployments reported as success.
+	Succeeded uint64 `json:"succeeded"`
+	// Failed counts deployments reported as failure (simulated at the fail
+	// rate, or a length or checksum mismatch), each with a log upload.
+	Failed uint64 `json:"failed"`
+	// Aborted counts deployments stopped by a 409 (aborted on the server).
+	Aborted uint64 `json:"aborted"`
+	// Incomplete counts deployments left unfinished: retries exhausted or
+	// the run ended.
+	Incomplete uint64 `json:"incomplete"`
+	// DownloadedBytes is the artifact bytes received.
+	DownloadedBytes uint64 `json:"downloaded_bytes"`
+}
+
+// OpReport is the statistics of one operation.
+type OpReport struct {
+	// Count is the number of finished exchanges.
+	Count uint64 `json:"count"`
+	// Errors is the number of failed exchanges.
+	Errors uint64 `json:"errors"`
+	// ErrorsByKind splits Errors: http_<status>, timeout, tls, connection,
+	// interrupted.
+	ErrorsByKind map[string]uint64 `json:"errors_by_kind"`
+	// Fallbacks counts answers that made the client switch endpoint
+	// version (404 on v2 next, 405 on inventory PUT); neither errors nor
+	// successes.
+	Fallbacks uint64 `json:"fallbacks"`
+	// P50Ms, P90Ms and P99Ms are latency quantiles in milliseconds, within
+	// HistogramRelativeError; MaxMs and MeanMs are exact.
+	P50Ms  float64 `json:"p50_ms"`
+	P90Ms  float64 `json:"p90_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	MaxMs  float64 `json:"max_ms"`
+	MeanMs float64 `json:"mean_ms"`
+	// Histogram is the latency histogram every figure above comes from.
+	Histogram *Histogram `json:"histogram"`
+}
+
+// Timeline is the run sampled at a fixed step.
+type Timeline struct {
+	// StepS is the time between points in seconds.
+	StepS float64 `json:"step_s"`
+	// Accepted is the number of devices accepted at the end of each step.
+	Accepted []int `json:"accepted"`
+	// Requests and Errors count exchanges that ended in each step (divide
+	// by StepS for per-second rates). The last step may be shorter.
+	Requests []uint64 `json:"requests"`
+	Errors   []uint64 `json:"errors"`
+}
+
+// fillStats derives the quantile fields from the histogram.
+func (o *OpReport) fillStats() {
+	h := o.Histogram
+	o.P50Ms, o.P90Ms, o.P99Ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.9)), ms(h.Quantile(0.99))
+	o.MaxMs, o.MeanMs = ms(h.Max()), ms(h.Mean())
+}
+
+// newOpReports returns an empty report for every operation.
+func newOpReports() map[string]*OpReport {
+	m := make(map[string]*OpReport, len(Operations))
+	for _, op := range Operations {
+		m[op] = &OpReport{ErrorsByKind: map[string]uint64{}, Histogram: &Histogram{}}
+	}
+	return m
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return fmt.Errorf("encode report: %w", err)
+	}
+	return nil
+}
+
+// SaveJSON writes the report to path atomically.
+func (r *Report) SaveJSON(path string) error {
+	var sb strings.Builder
+	if err := r.WriteJSON(&sb); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(path, []byte(sb.String()), 0o644); err != nil {
+		return fmt.Errorf("save report: %w", err)
+	}
+	return nil
+}
+
+// ReadReport reads a report written by SaveJSON and checks its version,
+// histograms and operations.
+func ReadReport(path string) (*Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read report: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("report %s: %w", path, err)
+	}
+	if r.Version != ReportVersion {
+		return nil, fmt.Errorf("report %s: version %d: %w: this simulator reads version %d", path, r.Version, ErrIncompatible, ReportVersion)
+	}
+	if r.Operations == nil {
+		r.Operations = map[string]*OpReport{}
+	}
+	for _, op := range Operations {
+		if r.Operations[op] == nil {
+			r.Operations[op] = &OpReport{}
+		}
+	}
+	for name, o := range r.Operations {
+		if o == nil {
+			o = &OpReport{}
+			r.Operations[name] = o
+		}
+		if o.Histogram == nil {
+			o.Histogram = &Histogram{}
+		}
+		if o.ErrorsByKind == nil {
+			o.ErrorsByKind = map[string]uint64{}
+		}
+		if o.Histogram.Count() != o.Count {
+			return nil, fmt.Errorf("report %s: operation %s: count %d but its histogram holds %d: the file was edited or truncated",
+				path, name, o.Count, o.Histogram.Count())
+		}
+	}
+	return &r, nil
+}
+
+// Merge combines shard reports into one fleet report: counts, histograms
+// (exactly), handshakes and memory add up; the timelines are aligned on
+// each shard's start and added; the time until every device was accepted
+// is the slowest shard's, or null when any shard has null. Reports must
+// have the same version and may not name the same shard twice.
+func Merge(reports ...*Report) (*Report, error) {
+	if len(reports) == 0 {
+		return nil, fmt.Errorf("merge: %w: no reports given", ErrInvalid)
+	}
+	out := &Report{Version: ReportVersion, Operations: newOpReports(), Server: reports[0].Server,
+		MTLS: reports[0].MTLS, KeyType: reports[0].KeyType}
+	seen := map[string]bool{}
+	allAccepted := true
+	var slowest float64
+	var steps []float64
+	for i, r := range reports {
+		if r.Version != ReportVersion {
+			return nil, fmt.Errorf("merge: report #%d has version %d: %w", i+1, r.Version, ErrIncompatible)
+		}
+		for _, s := range r.Shards {
+			if seen[s.Shard] {
+				return nil, fmt.Errorf("merge: shard %s appears twice: %w: give each shard's report once", s.Shard, ErrIncompatible)
+			}
+			seen[s.Shard] = true
+			out.Shards = append(out.Shards, s)
+		}
+		if out.Started.IsZero() || r.Started.Before(out.Started) {
+			out.Started = r.Started
+		}
+		if r.Ended.After(out.Ended) {
+			out.Ended = r.Ended
+		}
+		if r.Server != out.Server {
+			out.Server = "(several)"
+		}
+		out.MTLS = out.MTLS && r.MTLS
+		if r.KeyType != out.KeyType {
+			out.KeyType = "(several)"
+		}
+		out.Devices += r.Devices
+		out.Accepted += r.Accepted
+		out.Pending += r.Pending
+		out.Failing += r.Failing
+		out.RequestsTotal += r.RequestsTotal
+		out.ErrorsTotal += r.ErrorsTotal
+		out.Canceled += r.Canceled
+		if r.TimeToAllAcceptedS == nil {
+			allAccepted = false
+		} else {
+			slowest = max(slowest, *r.TimeToAllAcceptedS)
+		}
+		out.Handshakes.Full += r.Handshakes.Full
+		out.Handshakes.Resumed += r.Handshakes.Resumed
+		out.Memory.PeakBytes += r.Memory.PeakBytes
+		out.Memory.BaselineBytes += r.Memory.BaselineBytes
+		d := &out.Deployments
+		d.Started += r.Deployments.Started
+		d.Succeeded += r.Deployments.Succeeded
+		d.Failed += r.Deployments.Failed
+		d.Aborted += r.Deployments.Aborted
+		d.Incomplete += r.Deployments.Incomplete
+		d.DownloadedBytes += r.Deployments.DownloadedBytes
+		for name, o := range r.Operations {
+			m := out.Operations[name]
+			if m == nil {
+				m = &OpReport{ErrorsByKind: map[string]uint64{}, Histogram: &Histogram{}}
+				out.Operations[name] = m
+			}
+			m.Count += o.Count
+			m.Errors += o.Errors
+			m.Fallbacks += o.Fallbacks
+			for k, v := range o.ErrorsByKind {
+				m.ErrorsByKind[k] += v
+			}
+			m.Histogram.Merge(o.Histogram)
+		}
+		steps = append(steps, r.Timeline.StepS)
+	}
+	slices.SortFunc(out.Shards, func(a, b ShardReport) int { return a.FirstIndex - b.FirstIndex })
+	if allAccepted {
+		out.TimeToAllAcceptedS = &slowest
+	}
+	for _, o := range out.Operations {
+		o.fillStats()
+	}
+	out.DurationS = out.Ended.Sub(out.Started).Seconds()
+	out.Memory.PerDeviceKiB = perDeviceKiB(out.Memory, out.Devices)
+	tl, err := mergeTimelines(reports, slices.Max(steps))
+	if err != nil {
+		return nil, err
+	}
+	out.Timeline = tl
+	return out, nil
+}
+
+// mergeTimelines rebins every timeline to step (a multiple of each
+// timeline's own step) and adds them up point by point; a series shorter
+// than the longest keeps contributing its last accepted count.
+func mergeTimelines(reports []*Report, step float64) (Timeline, error) {
+	type series struct {
+		acc       []int
+		req, errs []uint64
+	}
+	var all []series
+	n := 0
+	for i, r := range reports {
+		tl := r.Timeline
+		if len(tl.Accepted) == 0 {
+			continue
+		}
+		if len(tl.Requests) != len(tl.Accepted) || len(tl.Errors) != len(tl.Accepted) {
+			return Timeline{}, fmt.Errorf("merge: report #%d: timeline series have different lengths", i+1)
+		}
+		ratio := step / tl.StepS
+		k := int(math.Round(ratio))
+		if tl.StepS <= 0 || k < 1 || math.Abs(ratio-float64(k)) > 1e-6 {
+			return Timeline{}, fmt.Errorf("merge: report #%d: timeline step %vs does not divide %vs: %w", i+1, tl.StepS, step, ErrIncompatible)
+		}
+		var s series
+		for j := 0; j < len(tl.Accepted); j += k {
+			end := min(j+k, len(tl.Accepted))
+			var rq, er uint64
+			for x := j; x < end; x++ {
+				rq += tl.Requests[x]
+				er += tl.Errors[x]
+			}
+			s.acc, s.req, s.errs = append(s.acc, tl.Accepted[end-1]), append(s.req, rq), append(s.errs, er)
+		}
+		all = append(all, s)
+		n = max(n, len(s.acc))
+	}
+	out := Timeline{StepS: step, Accepted: make([]int, n), Requests: make([]uint64, n), Errors: make([]uint64, n)}
+	for _, s := range all {
+		for j := range n {
+			if j < len(s.acc) {
+				out.Accepted[j] += s.acc[j]
+				out.Requests[j] += s.req[j]
+				out.Errors[j] += s.errs[j]
+			} else {
+				out.Accepted[j] += s.acc[len(s.acc)-1]
+			}
+		}
+	}
+	return out, nil
+}
+
+func perDeviceKiB(m Memory, devices int) float64 {
+	if devices <= 0 || m.PeakBytes <= m.BaselineBytes {
+		return 0
+	}
+	return math.Round(float64(m.PeakBytes-m.BaselineBytes)/float64(devices)/1024*10) / 10
+}
+
+// WriteSummary writes the human summary: totals and one table row per
+// operation.
+func (r *Report) WriteSummary(w io.Writer) error {
+	tta := "not every device was accepted"
+	if r.TimeToAllAcceptedS != nil {
+		tta = fmt.Sprintf("%.1fs", *r.TimeToAllAcceptedS)
+	}
+	shards := make([]string, 0, len(r.Shards))
+	for _, s := range r.Shards {
+		shards = append(shards, s.Shard)
+	}
+	mode := "mTLS"
+	if !r.MTLS {
+		mode = "no client certificates"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "devices      %d (%s, %s keys; shard %s), ran %.1fs against %s\n", r.Devices, mode, r.KeyType,
+		strings.Join(shards, ","), r.DurationS, r.Server)
+	fmt.Fprintf(&b, "accepted     %d/%d, all accepted after: %s; pending %d, failing %d at the end\n",
+		r.Accepted, r.Devices, tta, r.Pending, r.Failing)
+	fmt.Fprintf(&b, "requests     %d, errors %d, canceled at stop %d\n", r.RequestsTotal, r.ErrorsTotal, r.Canceled)
+	fmt.Fprintf(&b, "handshakes   %d full, %d resumed\n", r.Handshakes.Full, r.Handshakes.Resumed)
+	fmt.Fprintf(&b, "memory       peak %.1f MiB, %.1f KiB per device\n", float64(r.Memory.PeakBytes)/(1<<20), r.Memory.PerDeviceKiB)
+	d := r.Deployments
+	fmt.Fprintf(&b, "deployments  %d started: %d succeeded, %d failed, %d aborted, %d incomplete; %d bytes downloaded\n\n",
+		d.Started, d.Succeeded, d.Failed, d.Aborted, d.Incomplete, d.DownloadedBytes)
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "operation\tcount\terrors\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors by kind\t")
+	for _, name := range r.OperationNames() {
+		o := r.Operations[name]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t\n", name, o.Count, o.Errors, o.P50Ms, o.P90Ms, o.P99Ms, o.MaxMs, kinds(o.ErrorsByKind))
+	}
+	return tw.Flush()
+}
+
+// OperationNames returns the operations in display order: the standard
+// ones, then any other in name order.
+func (r *Report) OperationNames() []string {
+	names := slices.Clone(Operations)
+	for _, k := range slices.Sorted(maps.Keys(r.Operations)) {
+		if !slices.Contains(names, k) {
+			names = append(names, k)
+		}
+	}
+	out := names[:0]
+	for _, n := range names {
+		if r.Operations[n] != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func kinds(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
