@@ -34,6 +34,8 @@ type serveFlags struct {
 	backendListen  string
 	bind           listFlag
 	failRate       float64
+	dropRate       float64
+	latency        time.Duration
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -55,6 +57,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.backendListen, "backend-listen", "127.0.0.1:0", "with --mtls: the backend's own HTTPS `ADDR` (management calls go there)")
 	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
 	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
+	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
+	fs.DurationVar(&f.latency, "latency", 0, "delay every other device API request by this `DURATION`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -92,12 +96,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if f.failRate < 0 || f.failRate > 1 {
-		return fmt.Errorf("--fail-rate %v: want a fraction from 0 to 1", f.failRate)
-	}
-	if f.failRate > 0 {
-		backend.AddFault(fakemender.Fault{PathPrefix: "/api/devices/", Status: http.StatusServiceUnavailable, FailRate: f.failRate})
-		log.Info("fault injection on", "fail_rate", f.failRate, "status", http.StatusServiceUnavailable)
+	if err := addServeFaults(backend, &f, log); err != nil {
+		return err
 	}
 	cert, err := tls.LoadX509KeyPair(pk.ServerCert, pk.ServerKey)
 	if err != nil {
@@ -256,6 +256,37 @@ func ensureRevocationFiles(pk *pki.ServerPKIResult, blacklist, crlPath string) e
 		if _, err := pki.WriteCRL(ca, crlPath, serials); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// addServeFaults installs the --fail-rate, --drop-rate and --latency faults
+// on the device API. A request gets at most one: a 503 (fail-rate), else a
+// dropped connection (drop-rate), else the latency.
+func addServeFaults(backend *fakemender.Server, f *serveFlags, log *slog.Logger) error {
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"--fail-rate", f.failRate}, {"--drop-rate", f.dropRate}} {
+		if r.v < 0 || r.v > 1 {
+			return fmt.Errorf("%s %v: want a fraction from 0 to 1", r.name, r.v)
+		}
+	}
+	if f.latency < 0 {
+		return fmt.Errorf("--latency %v: want a positive duration such as 200ms", f.latency)
+	}
+	const devices = "/api/devices/"
+	if f.failRate > 0 {
+		backend.AddFault(fakemender.Fault{PathPrefix: devices, Status: http.StatusServiceUnavailable, FailRate: f.failRate})
+	}
+	if f.dropRate > 0 {
+		backend.AddFault(fakemender.Fault{PathPrefix: devices, Drop: true, FailRate: f.dropRate})
+	}
+	if f.latency > 0 {
+		backend.AddFault(fakemender.Fault{PathPrefix: devices, Delay: f.latency})
+	}
+	if f.failRate > 0 || f.dropRate > 0 || f.latency > 0 {
+		log.Info("fault injection on", "fail_rate", f.failRate, "drop_rate", f.dropRate, "latency", f.latency)
 	}
 	return nil
 }
