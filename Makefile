@@ -93,8 +93,10 @@ fuzz-short:
 bench:
 	$(Q)$(GO) run ./scripts/benchtable -- ./internal/... ./test/bench/...
 
+# The first command to run: backend, ambassador, fresh PKI, a fleet of
+# virtual devices and one real device-agent, with live progress and reports.
 run: build
-	$(Q)./scripts/run-demo.sh $(abspath $(BIN))
+	$(Q)$(BIN)/simulator demo $(DEMO_FLAGS)
 
 lint: vet
 	$(Q)test -z "$$(gofmt -l . | tee /dev/stderr)"
