@@ -80,7 +80,7 @@ FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoa
 	internal/identity:FuzzIdentityParse internal/retry:FuzzRetryAfter internal/fakemender:FuzzAuthRequest \
 	internal/ambassador:FuzzAuthRequest internal/ambassador:FuzzParseBlacklist internal/ambassador:FuzzParseBinding \
 	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
-	internal/keystore:FuzzTPMResponse
+	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags
 
 # Every fuzz target for FUZZTIME each (their seed corpora also run in `unit`).
 fuzz-short:
