@@ -1,5 +1,5 @@
 # Makefile: the build, test and install contract for developers, CI and the
-# Yocto layer (yocto/meta-mtls calls `oe_runmake build-agent install-bin ...`).
+# Yocto layer (a recipe calls `oe_runmake build-agent install-bin ...`).
 # V=1 shows the commands; GOFLAGS and TAGS pass through to go.
 
 GO         ?= go
