@@ -55,9 +55,6 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	fs.StringVar(&f.password, "password", getenv("MTLS_MENDER_PASS"), "management `PASSWORD` (MTLS_MENDER_PASS; required; prefer the variable to the flag)")
 	fs.StringVar(&f.serverCert, "server-cert", envOr(getenv, "MTLS_SERVER_CERT", "/etc/mtls/certs/server/server.crt"), "server certificate `FILE` (MTLS_SERVER_CERT)")
 	fs.StringVar(&f.serverKey, "server-key", envOr(getenv, "MTLS_SERVER_KEY", "/etc/mtls/certs/server/server.key"), "server key `FILE` (MTLS_SERVER_KEY)")
-	if v := envOr(getenv, "MTLS_TENANT_CA_PEM", ""); v != "" {
-		_ = f.cas.Set(v)
-	}
 	fs.Var(&f.cas, "ca", "device CA bundle `FILE` (repeatable; MTLS_TENANT_CA_PEM; default /etc/mtls/certs/tenant-ca/tenant.ca.pem)")
 	fs.Var(&f.crls, "crl", "CRL `FILE` (PEM or DER; repeatable), reloaded when it changes")
 	fs.StringVar(&f.listen, "listen", listenAddr(getenv("MTLS_LISTEN"), "127.0.0.1:8443"), "TLS listen `ADDR` (MTLS_LISTEN; a bare port means all interfaces, as in Mender's image)")
@@ -71,9 +68,7 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if len(f.cas) == 0 {
-		f.cas = listFlag{"/etc/mtls/certs/tenant-ca/tenant.ca.pem"}
-	}
+	f.cas = deviceCAs(f.cas, getenv)
 	opts, err := f.options()
 	if err != nil {
 		return err
@@ -98,7 +93,7 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 		return fmt.Errorf("--status-listen %s: %w", f.statusListen, err)
 	}
 	fmt.Fprintf(stdout, "mTLS ambassador ready\n  device URL:  https://%s\n  status:      http://%s/status\n  upstream:    %s\n",
-		ln.Addr(), sln.Addr(), opts.Upstream)
+		ln.Addr(), sln.Addr(), opts.Upstream.Redacted())
 	return runAmbassador(ctx, amb, ln, sln, log)
 }
 
@@ -121,8 +116,11 @@ func (f *ambassadorFlags) options() (ambassador.Options, error) {
 		errs = append(errs, errors.New("--user and --password (MTLS_MENDER_USER, MTLS_MENDER_PASS) are required: a management user allowed to preauthorize devices"))
 	}
 	u, err := url.Parse(f.backend)
-	if f.backend != "" && (err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http")) {
+	switch {
+	case f.backend != "" && (err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http")):
 		errs = append(errs, fmt.Errorf("--backend %q: want an http(s) URL such as https://mender.example.com", f.backend))
+	case err == nil && u.User != nil:
+		errs = append(errs, fmt.Errorf("--backend %s: no credentials in the URL; use --user and MTLS_MENDER_PASS", u.Redacted()))
 	}
 	minTLS, err := parseTLSVersion(f.tlsMin)
 	if err != nil {
@@ -219,4 +217,16 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
+}
+
+// deviceCAs returns the device CA bundles: the --ca flags when given (they
+// replace the variable, as every flag does), else MTLS_TENANT_CA_PEM, else
+// the path Mender's image uses.
+func deviceCAs(flags listFlag, getenv func(string) string) listFlag {
+	if len(flags) > 0 {
+		return flags
+	}
+	var l listFlag
+	_ = l.Set(envOr(getenv, "MTLS_TENANT_CA_PEM", "/etc/mtls/certs/tenant-ca/tenant.ca.pem"))
+	return l
 }

@@ -178,3 +178,21 @@ func assertMode(t *testing.T, path string, want os.FileMode) {
 	require.NoError(t, err)
 	assert.Equal(t, want, fi.Mode().Perm(), path)
 }
+
+func TestAmbassadorCAFlagReplacesEnvironment(t *testing.T) {
+	env := map[string]string{"MTLS_TENANT_CA_PEM": "/env/ca.pem"}
+	getenv := func(k string) string { return env[k] }
+	assert.Equal(t, listFlag{"/flag/a.pem", "/flag/b.pem"}, deviceCAs(listFlag{"/flag/a.pem", "/flag/b.pem"}, getenv),
+		"--ca replaces MTLS_TENANT_CA_PEM; it never adds to it")
+	assert.Equal(t, listFlag{"/env/ca.pem"}, deviceCAs(nil, getenv))
+	assert.Equal(t, listFlag{"/etc/mtls/certs/tenant-ca/tenant.ca.pem"}, deviceCAs(nil, func(string) string { return "" }))
+}
+
+func TestAmbassadorRefusesCredentialsInURL(t *testing.T) {
+	env := map[string]string{"MTLS_MENDER_BACKEND": "https://u:secret@mender.example.com", "MTLS_MENDER_USER": "u", "MTLS_MENDER_PASS": "p"}
+	var out, errb bytes.Buffer
+	err := cmdAmbassador(t.Context(), nil, &out, &errb, func(k string) string { return env[k] })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no credentials in the URL")
+	assert.NotContains(t, err.Error(), "secret", "the password in the URL is redacted")
+}
