@@ -527,11 +527,13 @@ func TestUpstreamDown(t *testing.T) {
 	e.upSrv.Close()
 	a, err = e.get(d, nextPath)
 	require.NoError(t, err)
-	assertJSONError(t, a, http.StatusBadGateway, "upstream unavailable: ")
+	assertJSONError(t, a, http.StatusBadGateway, "upstream unavailable")
+	assert.NotContains(t, string(a.body), e.upSrv.Listener.Addr().String(), "no upstream address leaks to devices")
 
 	a, err = e.auth(e.newDevice(leafOpts{cn: "new"}), idFor("new"))
 	require.NoError(t, err)
 	assertJSONError(t, a, http.StatusBadGateway, "upstream unavailable")
+	assert.NotContains(t, string(a.body), e.upSrv.Listener.Addr().String(), "no upstream address leaks to devices")
 	assert.Equal(t, uint64(1), e.amb.metrics.authRequests.get(outcomePreauthFailed))
 
 	code, body := status(t, e.amb)

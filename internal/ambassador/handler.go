@@ -167,7 +167,9 @@ func (a *Ambassador) serveAuth(w http.ResponseWriter, r *http.Request, leaf *x50
 	}
 	if err := a.preauthorize(r.Context(), req, rid, log); err != nil {
 		log.Warn("preauthorization failed; auth request not forwarded", "error", err)
-		fail(http.StatusBadGateway, outcomePreauthFailed, err.Error())
+		// The device learns only that it failed; the details (upstream
+		// URLs, login problems) stay in the log under the request id.
+		fail(http.StatusBadGateway, outcomePreauthFailed, deviceFacing(err))
 		return
 	}
 	a.metrics.authOutcome(outcomeForwarded)
@@ -229,7 +231,7 @@ func (a *Ambassador) proxyError(w http.ResponseWriter, r *http.Request, err erro
 	}
 	a.setUpstreamErr(err)
 	a.log.Warn("upstream unavailable", "request_id", rid, "error", err)
-	writeError(w, http.StatusBadGateway, "upstream unavailable: "+err.Error(), rid)
+	writeError(w, http.StatusBadGateway, "upstream unavailable", rid) // details only in the log
 }
 
 // statusWriter records the status code for metrics and logs. Unwrap lets
@@ -260,4 +262,16 @@ func (s *statusWriter) code() int {
 		return http.StatusOK
 	}
 	return s.status
+}
+
+// deviceFacing names the class of a preauthorization failure for the device
+// without the details (upstream URLs, login problems): those are logged
+// under the same request id.
+func deviceFacing(err error) string {
+	for _, e := range []error{ErrLoginRejected, ErrLoginFailed, ErrUpstreamUnavailable, ErrPreauthFailed} {
+		if errors.Is(err, e) {
+			return e.Error() + " (details in the ambassador log)"
+		}
+	}
+	return "preauthorization failed (details in the ambassador log)"
 }
