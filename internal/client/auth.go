@@ -167,11 +167,15 @@ func (c *Client) apiCall(ctx context.Context, op, method, path string, body []by
 			}
 			return nil, err
 		}
-		if res.status == http.StatusUnauthorized && attempt == 0 {
-			c.log.Debug("token refused, authenticating again", "op", op, "server", server,
-				"token", menderapi.TokenFingerprint(token))
+		if res.status == http.StatusUnauthorized {
+			// Drop a refused token even on the retry, so the next call
+			// authenticates first instead of sending it again.
 			c.dropSession(token)
-			continue
+			if attempt == 0 {
+				c.log.Debug("token refused, authenticating again", "op", op, "server", server,
+					"token", menderapi.TokenFingerprint(token))
+				continue
+			}
 		}
 		return res, nil
 	}

@@ -179,6 +179,9 @@ func TestDeviceCall401(t *testing.T) {
 			inv := f.requests(routeInvPut)
 			require.Len(t, inv, tt.wantInv)
 			assert.Equal(t, tt.wantTokenNo, inv[len(inv)-1].header.Get("Authorization"))
+			if errors.Is(err, ErrUnauthorized) {
+				assert.Empty(t, c.Token(), "a token refused twice is dropped, so the next call authenticates first")
+			}
 		})
 	}
 }
