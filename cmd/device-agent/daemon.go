@@ -27,7 +27,12 @@ func cmdDaemon(ctx context.Context, args []string, stderr io.Writer, getenv func
 	if err != nil {
 		return err
 	}
-	defer k.Close()
+	closeKeys := true // false when requests may still be signing with them
+	defer func() {
+		if closeKeys {
+			k.Close()
+		}
+	}()
 	opts, err := e.clientOptions(k)
 	if err != nil {
 		return err
@@ -58,6 +63,9 @@ func cmdDaemon(ctx context.Context, args []string, stderr io.Writer, getenv func
 		e.log.Info("device-agent stopped")
 		return err
 	case <-time.After(shutdownGrace):
+		// The process exits now; the keys (a TPM handle perhaps) may still be
+		// in use by an in-flight handshake, so they are left to the exit.
+		closeKeys = false
 		e.log.Warn("device-agent stopped with requests still in flight")
 		return nil
 	}

@@ -58,7 +58,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
 	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
 	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
-	fs.DurationVar(&f.latency, "latency", 0, "delay every other device API request by this `DURATION`")
+	fs.DurationVar(&f.latency, "latency", 0, "delay every device API request by this `DURATION` (one that gets a --fail-rate or --drop-rate fault gets no delay)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

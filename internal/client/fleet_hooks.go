@@ -20,8 +20,10 @@ type TransportTuning struct {
 	// (tls.NewLRUClientSessionCache(1)): a session belongs to one device.
 	SessionCache tls.ClientSessionCache
 	// OnHandshake is called after every successful TLS handshake of a new
-	// connection, with whether it resumed a session. It must be fast and
-	// safe for concurrent use. nil means none.
+	// direct connection, with whether it resumed a session. It must be fast
+	// and safe for concurrent use. nil means none. Connections through an
+	// HTTP proxy (HTTPS_PROXY) are handshaken by net/http itself and are not
+	// counted.
 	OnHandshake func(resumed bool)
 	// DisableKeepAlives closes each connection after one request, so no
 	// idle connection is kept between polls. False keeps connections alive
