@@ -123,8 +123,13 @@ func (c *Client) nextWait(s schedule, err error, attempt *int) time.Duration {
 	case retry.DecisionPending:
 		*attempt = 0
 		wait := retry.Jitter(c.opts.RetryPollInterval, c.opts.PollJitter, c.rand)
+		msg := ""
+		if ae, ok := errors.AsType[*APIError](err); ok {
+			msg = ae.Message // e.g. "dev auth: unauthorized", or "signature verification failed"
+		}
 		c.log.Info("device is not accepted yet, waiting", "schedule", s.name, "key", c.keyFP, "retry_in", wait,
-			"hint", "accept the device in the Mender UI, or preauthorize its identity and public key")
+			"server_said", msg,
+			"hint", "accept the device in the Mender UI, or preauthorize its identity and public key; if the server said \"signature verification failed\", the auth key is not the certificate's key")
 		return wait
 	case retry.DecisionPermanent:
 		*attempt = 0
