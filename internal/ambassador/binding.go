@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
 
 // Certificate fields an identity attribute can be bound to.
@@ -73,8 +75,8 @@ func (b Binding) matches(s string, cert *x509.Certificate) bool {
 	case FieldCN:
 		return s == cert.Subject.CommonName
 	case FieldSerial:
-		n, ok := parseHexSerial(s)
-		return ok && n.Cmp(cert.SerialNumber) == 0
+		n, err := pki.ParseSerial(s)
+		return err == nil && n.Cmp(cert.SerialNumber) == 0
 	case FieldSANDNS:
 		return slices.ContainsFunc(cert.DNSNames, func(d string) bool { return strings.EqualFold(d, s) })
 	case FieldOU:

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
+	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
 
 // FuzzAuthRequest drives the auth request path with arbitrary bodies and
@@ -74,8 +75,8 @@ func FuzzParseBlacklist(f *testing.F) {
 			return
 		}
 		for k := range bl {
-			n, ok := parseHexSerial(k)
-			require.True(t, ok, "key %q parses", k)
+			n, err := pki.ParseSerial(k)
+			require.NoError(t, err, "key %q parses", k)
 			assert.Equal(t, k, serialKey(n), "key is canonical")
 		}
 	})

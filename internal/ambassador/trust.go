@@ -1,7 +1,6 @@
 package ambassador
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,8 +13,9 @@ import (
 	"math/big"
 	"os"
 	"slices"
-	"strings"
 	"time"
+
+	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
 
 // Reasons a client certificate is refused; they wrap into the errors the
@@ -183,44 +183,18 @@ func loadBlacklist(file string) (map[string]struct{}, error) {
 	return bl, nil
 }
 
-// parseBlacklist parses one hex serial a line into serialKey form.
+// parseBlacklist parses the blacklist file (pki.ParseBlacklist) into
+// serialKey form.
 func parseBlacklist(data []byte) (map[string]struct{}, error) {
-	bl := make(map[string]struct{})
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" || strings.HasPrefix(s, "#") {
-			continue
-		}
-		n, ok := parseHexSerial(s)
-		if !ok {
-			return nil, fmt.Errorf("line %d: %q is not a hex serial number; write one hex serial a line", line, truncate(s, 80))
-		}
+	list, err := pki.ParseBlacklist(data)
+	if err != nil {
+		return nil, err
+	}
+	bl := make(map[string]struct{}, len(list))
+	for _, n := range list {
 		bl[serialKey(n)] = struct{}{}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read lines: %w", err)
-	}
 	return bl, nil
-}
-
-// parseHexSerial parses a hex serial, tolerating case, a 0x prefix, leading
-// zeros and ':' separators (as openssl prints them).
-func parseHexSerial(s string) (*big.Int, bool) {
-	s = strings.ToLower(strings.TrimSpace(s))
-	s = strings.TrimPrefix(s, "0x")
-	s = strings.ReplaceAll(s, ":", "")
-	if s == "" {
-		return nil, false
-	}
-	for _, c := range []byte(s) {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return nil, false
-		}
-	}
-	n, ok := new(big.Int).SetString(s, 16)
-	return n, ok
 }
 
 // loadCRLs reads PEM ("X509 CRL" blocks) or DER CRL files, verifies each

@@ -26,7 +26,7 @@ func TestParseBlacklist(t *testing.T) {
 			want: []string{"abcd", "5ed45a07", "0", "1"}},
 		{name: "openssl serial", in: "5ED45A07980293048852A2799B3887A1C7F86FE9\n",
 			want: []string{"5ed45a07980293048852a2799b3887a1c7f86fe9"}},
-		{name: "not hex", in: "12\nxyz\n", wantErr: `line 2: "xyz"`},
+		{name: "not hex", in: "12\nxyz\n", wantErr: `line 2: serial "xyz"`},
 		{name: "inline comment", in: "12 # laptop\n", wantErr: "line 1"},
 		{name: "bare 0x", in: "0x\n", wantErr: "line 1"},
 		{name: "negative", in: "-12\n", wantErr: "line 1"},

@@ -23,12 +23,20 @@ const CRLValidity = 30 * 24 * time.Hour
 // ParseSerial parses a certificate serial written in hex, as Mender's
 // blacklist file holds them: case-insensitive, an optional "0x" prefix,
 // optional ':' separators (as openssl prints them), leading zeros allowed.
+// Anything else (signs, spaces inside, other letters) is refused.
 func ParseSerial(s string) (*big.Int, error) {
 	h := strings.ToLower(strings.TrimSpace(s))
 	h = strings.TrimPrefix(h, "0x")
 	h = strings.ReplaceAll(h, ":", "")
+	bad := h == ""
+	for _, c := range []byte(h) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			bad = true
+			break
+		}
+	}
 	n, ok := new(big.Int).SetString(h, 16)
-	if h == "" || !ok || n.Sign() < 0 {
+	if bad || !ok {
 		return nil, fmt.Errorf("serial %q: want hexadecimal digits, e.g. 3a7f09", s)
 	}
 	return n, nil
@@ -38,8 +46,35 @@ func ParseSerial(s string) (*big.Int, error) {
 // lowercase hex without separators.
 func FormatSerial(n *big.Int) string { return n.Text(16) }
 
-// ReadBlacklist reads a serial blacklist (one hex serial a line; blank lines
-// and lines starting with '#' are skipped). A missing file is an empty list.
+// ParseBlacklist parses a serial blacklist: one hex serial a line (see
+// ParseSerial); blank lines and lines starting with '#' are skipped. Errors
+// name the line.
+func ParseBlacklist(data []byte) ([]*big.Int, error) {
+	var out []*big.Int
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		t := strings.TrimSpace(sc.Text())
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		if len(t) > 80 {
+			t = t[:80] + "…"
+		}
+		n, err := ParseSerial(t)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w; write one hex serial a line", line, err)
+		}
+		out = append(out, n)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read lines: %w", err)
+	}
+	return out, nil
+}
+
+// ReadBlacklist reads and parses a serial blacklist file (ParseBlacklist).
+// A missing file is an empty list.
 func ReadBlacklist(path string) ([]*big.Int, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -48,20 +83,11 @@ func ReadBlacklist(path string) ([]*big.Int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []*big.Int
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; sc.Scan(); line++ {
-		t := strings.TrimSpace(sc.Text())
-		if t == "" || strings.HasPrefix(t, "#") {
-			continue
-		}
-		n, err := ParseSerial(t)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		out = append(out, n)
+	list, err := ParseBlacklist(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return out, sc.Err()
+	return list, nil
 }
 
 // RevokeResult says what Revoke did.

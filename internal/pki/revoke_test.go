@@ -95,8 +95,15 @@ func TestReadBlacklistErrors(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte("# comment\n\nab\nnot-hex\n"), 0o644))
 	_, err = ReadBlacklist(p)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), p+":4")
+	assert.Contains(t, err.Error(), p+": line 4")
 
 	_, err = Revoke(&CA{}, filepath.Join(dir, "b2"), filepath.Join(dir, "c2"), "zz")
 	assert.Error(t, err)
+}
+
+func TestParseSerialRejectsSignsAndJunk(t *testing.T) {
+	for _, s := range []string{"+ab", "a b", "0x", "g1", "ab_cd"} {
+		_, err := ParseSerial(s)
+		assert.Error(t, err, "%q", s)
+	}
 }
