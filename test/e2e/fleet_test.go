@@ -97,6 +97,7 @@ func TestRunAgainstFailingBackend(t *testing.T) {
 	for _, byStatus := range s.ByRouteStatus {
 		served503 += byStatus[503]
 	}
+	t.Logf("503 served %d, errors counted %d, canceled %d", served503, r.ErrorsTotal, r.Canceled)
 	// Every injected 503 is in the report, except those whose device was
 	// stopped before the answer arrived: the report counts those as canceled.
 	assert.LessOrEqual(t, r.ErrorsTotal, uint64(served503), "no failure counted that the backend did not inject")
