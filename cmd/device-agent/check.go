@@ -139,10 +139,12 @@ func classifyConnectError(err error) (string, string) {
 	switch {
 	case errors.Is(err, client.ErrPending):
 		return "auth", "the device is pending: accept it in the Mender UI or preauthorize it (through an mTLS ambassador, check the ambassador's log)"
+	// The client wraps every verification failure in a
+	// *tls.CertificateVerificationError, so the specific x509 errors come first.
+	case errors.As(err, &host):
+		return "tls", "the server certificate does not name the host in ServerURL: use a matching ServerURL or reissue the certificate with that name as a subjectAltName"
 	case errors.As(err, &unknown), errors.As(err, &verr), errors.As(err, &inval):
 		return "tls", "the server certificate is not trusted: set ServerCertificate in mender.conf to the server's CA certificate"
-	case errors.As(err, &host):
-		return "tls", "the server certificate does not name the host in ServerURL: use a matching ServerURL or reissue the certificate with that name"
 	case errors.As(err, &alert):
 		return "tls", "the server refused the TLS handshake: check that the client certificate (HttpsClient.Certificate) is signed by a CA the server trusts and not revoked"
 	case errors.As(err, &dnsErr):

@@ -16,9 +16,10 @@ import (
 
 // response is a fully read API answer.
 type response struct {
-	status int
-	header http.Header
-	body   []byte
+	status   int
+	header   http.Header
+	body     []byte
+	location string // redacted redirect target of a 3xx answer, "" otherwise
 }
 
 // Authenticate sends a signed auth request and keeps the returned token. The
@@ -222,7 +223,13 @@ func (c *Client) roundTrip(ctx context.Context, op, method, target string, body 
 	if len(data) > maxResponseBody {
 		return nil, fmt.Errorf("%s: answer of %s %s is larger than %d bytes", op, method, target, maxResponseBody)
 	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+	res := &response{status: resp.StatusCode, header: resp.Header, body: data}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 { // not followed: see refuseRedirect
+		if loc, err := resp.Location(); err == nil {
+			res.location = redactURL(loc)
+		}
+	}
+	return res, nil
 }
 
 // apiError turns an unexpected answer into an *APIError.
@@ -231,7 +238,10 @@ func (c *Client) apiError(op string, res *response) *APIError {
 		Op:         op,
 		StatusCode: res.status,
 		RequestID:  res.header.Get(menderapi.HeaderRequestID),
-		Message:    menderapi.DecodeError(bytes.NewReader(res.body)),
+		Location:   res.location,
+	}
+	if e.Location == "" { // a redirect's body is HTML that may repeat the full Location
+		e.Message = menderapi.DecodeError(bytes.NewReader(res.body))
 	}
 	if e.RequestID == "" {
 		var eb menderapi.ErrorBody

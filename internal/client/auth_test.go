@@ -300,6 +300,8 @@ func TestObserverSeesEveryExchange(t *testing.T) {
 func TestAPIErrorMessage(t *testing.T) {
 	e := &APIError{Op: OpNext, StatusCode: 429, RequestID: "abc", Message: "slow down", RetryAfter: 30e9}
 	assert.Equal(t, "next: server answered 429 Too Many Requests: slow down (request_id abc) (retry after 30s)", e.Error())
+	e = &APIError{Op: OpAuth, StatusCode: 307, Location: "http://mender.example/api", RequestID: "r1"}
+	assert.Equal(t, "auth: server answered 307 redirect to http://mender.example/api; the agent does not follow redirects on API calls: set ServerURL to the final address (request_id r1)", e.Error())
 	e = &APIError{Op: OpStatus, StatusCode: 409}
 	assert.Equal(t, "status: server answered 409 Conflict", e.Error())
 	assert.ErrorIs(t, e, ErrAborted)

@@ -4,6 +4,11 @@
 // downloads artifacts with resume, and runs the polling daemon loop with
 // jittered schedules and classified retries (internal/retry).
 //
+// API calls never follow HTTP redirects: a 3xx answer is an [APIError]
+// naming its Location, so the device token, the tenant token and the
+// inventory go only to the configured server. Artifact downloads follow at
+// most 3 redirects, each from https to https, without Authorization.
+//
 // TLS is built in one place (newTLSConfig): TLS 1.2 or later, system roots
 // plus ServerCertificate, the mTLS client certificate read from the
 // Credential at every handshake, and full server verification that also
@@ -139,7 +144,9 @@ type Options struct {
 	// HTTPClient sends every request. nil means a client built from the TLS
 	// options above (newTLSConfig/newTransport); when set, ServerCertificate,
 	// RootCAs, SkipVerify and TLSCredential are not used by the client and
-	// the caller's transport must handle TLS (tests, fleet simulator).
+	// the caller's transport must handle TLS (tests, fleet simulator). Its
+	// CheckRedirect is ignored: New uses copies with the client's own
+	// redirect policy and leaves the caller's http.Client unmodified.
 	HTTPClient *http.Client
 	// Logger receives structured logs; nil discards them. Tokens and keys are
 	// never logged, only their fingerprints.
@@ -184,7 +191,8 @@ type Client struct {
 	opts     Options // defaults applied; never modified after New
 	servers  []string
 	log      *slog.Logger
-	hc       *http.Client
+	hc       *http.Client // API calls: never follows redirects
+	dl       *http.Client // artifact downloads: followDownloadRedirect
 	rand     func() float64
 	backoff  retry.Backoff
 	keyFP    string
@@ -268,14 +276,21 @@ func New(opts Options) (*Client, error) {
 		Max:  opts.RetryPollInterval,
 		Rand: c.rand,
 	}
-	c.hc = opts.HTTPClient
-	if c.hc == nil {
+	var hc http.Client
+	if opts.HTTPClient != nil {
+		hc = *opts.HTTPClient // a copy: the caller's client keeps its own CheckRedirect
+	} else {
 		cfg, err := c.newTLSConfig()
 		if err != nil {
 			return nil, fmt.Errorf("client options: %w", err)
 		}
-		c.hc = &http.Client{Transport: c.opts.Tuning.apply(c.newTransport(cfg))}
+		hc = http.Client{Transport: c.opts.Tuning.apply(c.newTransport(cfg))}
 	}
+	// Both share the transport, so its connections and TLS sessions.
+	api, dl := hc, hc
+	api.CheckRedirect = refuseRedirect
+	dl.CheckRedirect = followDownloadRedirect
+	c.hc, c.dl = &api, &dl
 	if opts.SkipVerify {
 		log.Warn("TLS server verification is disabled (SkipVerify): anyone on the network path can impersonate the server",
 			"hint", "set ServerCertificate to the server's CA file instead")

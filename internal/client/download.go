@@ -20,10 +20,13 @@ const maxResumes = 5
 // Download fetches an artifact from its (presigned) source URI into w and
 // returns the number of bytes written. The request carries no Authorization
 // header (the link is signed) but uses the same TLS roots and client
-// certificate as the API. The answer must be 200 with a Content-Length; a
-// transfer cut short is resumed with a Range request (206 with a matching
-// Content-Range is required) up to 5 times, at once after progress, with a
-// short backoff otherwise. Exactly Content-Length bytes must arrive.
+// certificate as the API. Up to 3 redirects are followed, each from https to
+// https and without Authorization; any other redirect ends the download
+// with an error marked [retry.Permanent]. The answer must be 200 with a
+// Content-Length; a transfer cut short is resumed from the original URI
+// with a Range request (206 with a matching Content-Range is required) up to
+// 5 times, at once after progress, with a short backoff otherwise. Exactly
+// Content-Length bytes must arrive.
 //
 // RequestTimeout bounds the wait for each response's headers and any stall
 // between reads, not the whole transfer. A write error of w ends the download
@@ -33,7 +36,7 @@ func (c *Client) Download(ctx context.Context, uri string, w io.Writer) (int64, 
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return 0, errors.New("download: artifact URI is not an absolute http(s) URL")
 	}
-	safe := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	safe := redactURL(u)
 	wait := retry.Backoff{Base: time.Second, Max: 30 * time.Second, Rand: c.rand}
 	var (
 		written int64
@@ -95,8 +98,11 @@ func (c *Client) downloadOnce(ctx context.Context, u *url.URL, safe string, offs
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.dl.Do(req)
 	if err != nil {
+		if re, ok := errors.AsType[*downloadRedirectError](err); ok {
+			return 0, retry.Permanent(fmt.Errorf("download %s: %w", safe, re))
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			ue.URL = safe // never the presigned query

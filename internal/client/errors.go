@@ -42,11 +42,20 @@ type APIError struct {
 	// RetryAfter is the server's Retry-After on a 429 or 5xx answer, 0 when
 	// absent, zero or unusable.
 	RetryAfter time.Duration
+	// Location is where a 3xx answer to an API call redirects, resolved
+	// against the request URL and without user info, query or fragment; ""
+	// for other answers, downloads, or a missing or unusable Location. API
+	// calls never follow redirects (set the server URL to the final address).
+	Location string
 }
 
 // Error describes the answer without any secret (no token, no key).
 func (e *APIError) Error() string {
 	s := fmt.Sprintf("%s: server answered %d %s", e.Op, e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Location != "" {
+		s = fmt.Sprintf("%s: server answered %d redirect to %s; the agent does not follow redirects on API calls: set ServerURL to the final address",
+			e.Op, e.StatusCode, e.Location)
+	}
 	if e.Message != "" {
 		s += ": " + e.Message
 	}

@@ -79,6 +79,7 @@ type leafSpec struct {
 	notBefore time.Time
 	notAfter  time.Time
 	usage     []x509.ExtKeyUsage
+	extra     []pkix.Extension // written as-is (x509.Certificate.ExtraExtensions)
 }
 
 func (ca *testCA) issue(t testing.TB, s leafSpec, pub crypto.PublicKey) *x509.Certificate {
@@ -96,14 +97,15 @@ func (ca *testCA) issue(t testing.TB, s leafSpec, pub crypto.PublicKey) *x509.Ce
 		s.usage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(s.serial),
-		Subject:      pkix.Name{CommonName: s.cn, Organization: []string{"Test Devices"}},
-		DNSNames:     s.dns,
-		IPAddresses:  s.ips,
-		NotBefore:    s.notBefore,
-		NotAfter:     s.notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  s.usage,
+		SerialNumber:    big.NewInt(s.serial),
+		Subject:         pkix.Name{CommonName: s.cn, Organization: []string{"Test Devices"}},
+		DNSNames:        s.dns,
+		IPAddresses:     s.ips,
+		NotBefore:       s.notBefore,
+		NotAfter:        s.notAfter,
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:     s.usage,
+		ExtraExtensions: s.extra,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	require.NoError(t, err)
@@ -118,6 +120,21 @@ func (ca *testCA) serverCert(t testing.TB, s leafSpec) tls.Certificate {
 	key := newTestKey(t)
 	cert := ca.issue(t, s, &key.PublicKey)
 	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+}
+
+// directoryNameOnlySAN returns a subjectAltName extension (2.5.29.17) whose
+// GeneralNames hold only a directoryName ([4] Name) for cn: a certificate
+// with it has a SAN, but no DNS name, IP address, URI or email for Go to
+// parse, and must never fall back to the legacy Common Name.
+func directoryNameOnlySAN(t testing.TB, cn string) pkix.Extension {
+	t.Helper()
+	name, err := asn1.Marshal(pkix.Name{CommonName: cn}.ToRDNSequence())
+	require.NoError(t, err)
+	// Name is a CHOICE, so the [4] tag is explicit: it wraps the whole Name.
+	dirName := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: name}
+	generalNames, err := asn1.Marshal([]asn1.RawValue{dirName})
+	require.NoError(t, err)
+	return pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: generalNames}
 }
 
 // legacyServerCert returns a version-1 certificate with only a Common Name,

@@ -34,8 +34,8 @@ type schedule struct {
 //   - other transient failures (transport errors, timeouts, 429, 5xx): back
 //     off with full jitter from min(RetryPollInterval, 60s)/8, doubling up to
 //     RetryPollInterval; reset on success;
-//   - permanent failures (TLS certificate verification, other 4xx): log an
-//     error with a hint and retry at UpdatePollInterval.
+//   - permanent failures (TLS certificate verification, a redirect, other
+//     4xx): log an error with a hint and retry at UpdatePollInterval.
 //
 // Deployment instructions are logged and passed to Options.OnDeployment.
 // Run returns nil once ctx is cancelled and all its goroutines have exited;
@@ -190,6 +190,9 @@ func hint(err error) string {
 		return "the server certificate chain is not valid for TLS server authentication: check its key usage and CA constraints"
 	}
 	if ae, ok := errors.AsType[*APIError](err); ok {
+		if ae.StatusCode >= 300 && ae.StatusCode < 400 {
+			return "the server redirects API calls and the agent does not follow redirects: set ServerURL to the https address the server redirects to, or remove the redirect on the server or proxy"
+		}
 		switch ae.StatusCode {
 		case http.StatusNotFound:
 			return "the endpoint does not exist on this server: check the server URL"

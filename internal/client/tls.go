@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"net"
@@ -102,11 +103,12 @@ func rootPool(extra *x509.CertPool, file string) (*x509.CertPool, error) {
 
 // verifyServer does what crypto/tls would: chain verification against roots
 // with the peer's intermediates and the ServerAuth usage, then the hostname.
-// If the hostname check fails and the leaf has no subjectAltName at all, the
-// Common Name is compared with host (exact, or one leftmost "*." label), as
-// TLS stacks did before SANs were mandatory; that is accepted with a one-time
-// warning. Errors are *tls.CertificateVerificationError wrapping the x509
-// error, as crypto/tls returns them.
+// If the hostname check fails and the leaf has no subjectAltName extension
+// at all (see hasSAN), the Common Name is compared with host (exact, or one
+// leftmost "*." label), as TLS stacks did before SANs were mandatory; that
+// is accepted with a one-time warning. Errors are
+// *tls.CertificateVerificationError wrapping the x509 error, as crypto/tls
+// returns them.
 func (c *Client) verifyServer(cs tls.ConnectionState, host string, roots *x509.CertPool) error {
 	fail := func(err error) error {
 		return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
@@ -146,9 +148,21 @@ func (c *Client) verifyServer(cs tls.ConnectionState, host string, roots *x509.C
 	return fail(herr)
 }
 
-// hasSAN reports whether the certificate has any subjectAltName entry.
+// oidSubjectAltName is the subjectAltName extension (RFC 5280, 4.2.1.6).
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// hasSAN reports whether the certificate carries a subjectAltName extension
+// at all, whatever it holds. The parsed DNSNames, IPAddresses, URIs and
+// EmailAddresses are not enough: a SAN with only other name types (a
+// directoryName, an otherName) leaves them all empty, yet such a
+// certificate is not a legacy one and its Common Name must not be trusted.
 func hasSAN(crt *x509.Certificate) bool {
-	return len(crt.DNSNames) > 0 || len(crt.IPAddresses) > 0 || len(crt.URIs) > 0 || len(crt.EmailAddresses) > 0
+	for _, ext := range crt.Extensions {
+		if ext.Id.Equal(oidSubjectAltName) {
+			return true
+		}
+	}
+	return false
 }
 
 // legacyCNMatches compares a DNS host with a Common Name case-insensitively:

@@ -3,11 +3,14 @@ package client
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"fmt"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +35,7 @@ func TestServerVerification(t *testing.T) {
 		skip     bool   // SkipVerify
 		caFile   bool   // trust the CA through ServerCertificate instead of RootCAs
 		wantErr  any    // nil, or a pointer to the x509 error type expected
+		wantText string // when set, a substring of the error (Go's own x509 text)
 		wantWarn bool   // the legacy Common Name warning is logged
 	}{
 		{name: "SAN IP address", host: "127.0.0.1",
@@ -58,6 +62,18 @@ func TestServerVerification(t *testing.T) {
 			cert: func(t *testing.T) tls.Certificate { return ca.legacyServerCert(t, "127.0.0.1") }},
 		{name: "legacy cert from an untrusted CA refused even with CN match", host: "mender.local", wantErr: &x509.UnknownAuthorityError{},
 			cert: func(t *testing.T) tls.Certificate { return otherCA.legacyServerCert(t, "mender.local") }},
+		{name: "SAN with only a directoryName refused even when CN matches", host: "mender.local", wantErr: &x509.HostnameError{},
+			wantText: "x509: certificate is not valid for any names, but wanted to match mender.local",
+			cert: func(t *testing.T) tls.Certificate {
+				c := ca.serverCert(t, leafSpec{cn: "mender.local", extra: []pkix.Extension{directoryNameOnlySAN(t, "mender.local")}})
+				require.True(t, slices.ContainsFunc(c.Leaf.Extensions, func(e pkix.Extension) bool { return e.Id.Equal(asn1.ObjectIdentifier{2, 5, 29, 17}) }),
+					"the fixture has a subjectAltName extension")
+				require.Empty(t, c.Leaf.DNSNames, "the fixture's SAN has no DNS name")
+				require.Empty(t, c.Leaf.IPAddresses)
+				require.Empty(t, c.Leaf.URIs)
+				require.Empty(t, c.Leaf.EmailAddresses)
+				return c
+			}},
 		{name: "SAN mismatch refused even when CN matches", host: "mender.local", wantErr: &x509.HostnameError{},
 			cert: func(t *testing.T) tls.Certificate {
 				return ca.serverCert(t, leafSpec{cn: "mender.local", dns: []string{"other.local"}})
@@ -102,6 +118,9 @@ func TestServerVerification(t *testing.T) {
 			} else {
 				require.Error(t, err)
 				assert.ErrorAs(t, err, tt.wantErr)
+				if tt.wantText != "" {
+					assert.Contains(t, err.Error(), tt.wantText)
+				}
 				var verr *tls.CertificateVerificationError
 				assert.ErrorAs(t, err, &verr, "verification errors look like crypto/tls's")
 				assert.Equal(t, retry.DecisionPermanent, retry.Classify(nil, err), "certificate errors must not be retried fast")
@@ -125,6 +144,18 @@ func TestServerVerification(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHasSAN: only a certificate without the subjectAltName extension is a
+// legacy one, whatever names Go managed to parse out of the extension.
+func TestHasSAN(t *testing.T) {
+	ca := newCA(t, "CA")
+	assert.False(t, hasSAN(ca.legacyServerCert(t, "mender.local").Leaf), "v1 certificate without extensions")
+	assert.False(t, hasSAN(ca.serverCert(t, leafSpec{cn: "mender.local"}).Leaf), "v3 certificate without a SAN extension")
+	assert.True(t, hasSAN(ca.serverCert(t, leafSpec{dns: []string{"mender.local"}}).Leaf), "DNS name")
+	assert.True(t, hasSAN(ca.serverCert(t, leafSpec{ips: []net.IP{net.IPv4(10, 0, 0, 1)}}).Leaf), "IP address")
+	assert.True(t, hasSAN(ca.serverCert(t, leafSpec{cn: "mender.local",
+		extra: []pkix.Extension{directoryNameOnlySAN(t, "mender.local")}}).Leaf), "directoryName only")
 }
 
 func TestLegacyCNMatches(t *testing.T) {
