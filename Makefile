@@ -82,6 +82,7 @@ armtest: build build-armv7 build-arm64
 FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoad \
 	internal/identity:FuzzIdentityParse internal/retry:FuzzRetryAfter internal/fakemender:FuzzAuthRequest \
 	internal/ambassador:FuzzAuthRequest internal/ambassador:FuzzParseBlacklist internal/ambassador:FuzzParseBinding \
+	internal/ambassador:FuzzIdentityPolicy internal/ambassador:FuzzPubKeyPEM \
 	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
 	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags
 

@@ -30,6 +30,11 @@ type ambassadorFlags struct {
 	debug, upstreamSkipVerify     bool
 	upstreamCA, blacklist, tlsMin string
 	bind                          listFlag
+	identityKeys                  string
+	separateAuthKey               bool
+	newIdentitiesPerHour          int
+	maxInflightPerCert            int
+	bodyTimeout, upstreamWait     time.Duration
 }
 
 func envOr(getenv func(string) string, key, def string) string {
@@ -64,7 +69,25 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	fs.StringVar(&f.upstreamCA, "upstream-ca", getenv("MTLS_MENDER_CERT"), "extra CA `FILE` for the upstream's certificate (MTLS_MENDER_CERT)")
 	fs.StringVar(&f.blacklist, "blacklist", getenv("MTLS_BLACKLIST_PATH"), "`FILE` of revoked serials, one hex serial a line (MTLS_BLACKLIST_PATH), reloaded when it changes")
 	fs.StringVar(&f.tlsMin, "tls-min", envOr(getenv, "MTLS_HTTPS_TLS_VERSION_MIN", "1.2"), "minimum TLS `VERSION`: 1.2 or 1.3 (MTLS_HTTPS_TLS_VERSION_MIN)")
-	fs.Var(&f.bind, "bind-identity", "require identity attribute = certificate field, e.g. mac=CN (fields: CN, serial, SAN-DNS, OU; repeatable)")
+	fs.Var(&f.bind, "bind-identity", "require identity attribute = certificate field, e.g. mac=CN (fields: CN, serial, SAN-DNS, OU; repeatable);\n"+
+		"then a bound attribute must be one string, other identity keys are refused unless in --identity-keys,\n"+
+		"and each certificate may register one identity")
+	fs.StringVar(&f.identityKeys, "identity-keys", "", "comma-separated identity `KEYS` allowed besides the bound ones (default: none with\n"+
+		"--bind-identity, any without it)")
+	fs.IntVar(&f.newIdentitiesPerHour, "new-identities-per-hour", ambassador.DefaultNewIdentitiesPerHour,
+		"without --bind-identity: new identities one certificate may introduce per hour (429 beyond; -1 = no limit)")
+	fs.BoolVar(&f.separateAuthKey, "allow-separate-auth-key", envBool(getenv, "MTLS_ALLOW_SEPARATE_AUTH_KEY"),
+		"accept auth requests signed by a key other than the certificate's, as Mender gateway 2.x does\n"+
+			"(MTLS_ALLOW_SEPARATE_AUTH_KEY); weaker: see the README's security section")
+	fs.IntVar(&f.maxInflightPerCert, "max-inflight-per-cert", ambassador.DefaultMaxInflightPerCert,
+		"`N` requests one device certificate may have in flight, an open websocket included\n"+
+			"(429 with Retry-After beyond; -1 = no limit)")
+	fs.DurationVar(&f.bodyTimeout, "body-timeout", ambassador.DefaultBodyReadTimeout,
+		"`DURATION` a device has to send a request body, which is read whole (at most 1 MiB, else 413)\n"+
+			"before anything goes upstream (408 and the connection closed beyond)")
+	fs.DurationVar(&f.upstreamWait, "upstream-wait", ambassador.DefaultUpstreamWaitTimeout,
+		"longest `DURATION` a request waits for one of the 256 upstream connections\n"+
+			"(503 with Retry-After beyond)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -135,6 +158,21 @@ func (f *ambassadorFlags) options() (ambassador.Options, error) {
 		}
 		binds = append(binds, bd)
 	}
+	keys, err := parseIdentityKeys(f.identityKeys)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if f.newIdentitiesPerHour == 0 {
+		errs = append(errs, errors.New("--new-identities-per-hour 0: give a positive number, or -1 for no limit"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--body-timeout", f.bodyTimeout}, {"--upstream-wait", f.upstreamWait}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %v: give a positive duration such as 10s", d.name, d.v))
+		}
+	}
 	if len(errs) > 0 {
 		return ambassador.Options{}, errors.Join(errs...)
 	}
@@ -151,7 +189,28 @@ func (f *ambassadorFlags) options() (ambassador.Options, error) {
 		CRLFiles:                   f.crls,
 		MinTLSVersion:              minTLS,
 		BindIdentity:               binds,
+		IdentityKeys:               keys,
+		NewIdentitiesPerHour:       f.newIdentitiesPerHour,
+		AllowSeparateAuthKey:       f.separateAuthKey,
+		MaxInflightPerCert:         f.maxInflightPerCert,
+		BodyReadTimeout:            f.bodyTimeout,
+		UpstreamWaitTimeout:        f.upstreamWait,
 	}, nil
+}
+
+// parseIdentityKeys parses --identity-keys: comma-separated attribute names.
+func parseIdentityKeys(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var keys []string
+	for k := range strings.SplitSeq(s, ",") {
+		if k = strings.TrimSpace(k); k == "" {
+			return nil, fmt.Errorf("--identity-keys %q: an empty key; give comma-separated names such as serial_no,hw_rev", s)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 func parseTLSVersion(s string) (uint16, error) {
@@ -170,14 +229,9 @@ func parseTLSVersion(s string) (uint16, error) {
 func runAmbassador(ctx context.Context, amb *ambassador.Ambassador, ln, sln net.Listener, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := &http.Server{
-		Handler:           amb.Handler(),
-		TLSConfig:         amb.TLSConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          amb.ErrorLog(), // counts TLS handshake failures by reason
-	}
-	status := &http.Server{Handler: amb.StatusHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := amb.Server() // handler, TLS, error log and timeouts: the one definition
+	status := &http.Server{Handler: amb.StatusHandler(), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	errc := make(chan error, 3)
 	go func() { errc <- amb.Run(ctx) }()
 	go func() { errc <- ignoreClosed(srv.Serve(tls.NewListener(ln, srv.TLSConfig))) }()

@@ -177,12 +177,7 @@ func startDemoServers(ctx context.Context, dir string, log *slog.Logger) (*demoS
 	if err != nil {
 		return nil, fmt.Errorf("demo backend: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           backend,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	srv := backendServer(backend, cert, log)
 	amb, err := ambassador.New(ambassador.Options{
 		Upstream: &url.URL{Scheme: "https", Host: bln.Addr().String()}, UpstreamCAFile: pk.CACert,
 		User: fakemender.DefaultUser, Password: fakemender.DefaultPassword,

@@ -196,3 +196,26 @@ func TestAmbassadorRefusesCredentialsInURL(t *testing.T) {
 	assert.Contains(t, err.Error(), "no credentials in the URL")
 	assert.NotContains(t, err.Error(), "secret", "the password in the URL is redacted")
 }
+
+func TestAmbassadorIdentityFlags(t *testing.T) {
+	f := ambassadorFlags{backend: "https://mender.example.com", user: "u", password: "p", tlsMin: "1.2",
+		bind: listFlag{"mac=CN"}, identityKeys: "serial_no, hw_rev", separateAuthKey: true, newIdentitiesPerHour: 5}
+	o, err := f.options()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"serial_no", "hw_rev"}, o.IdentityKeys)
+	assert.True(t, o.AllowSeparateAuthKey)
+	assert.Equal(t, 5, o.NewIdentitiesPerHour)
+
+	env := map[string]string{"MTLS_MENDER_BACKEND": "https://mender.example.com", "MTLS_MENDER_USER": "u",
+		"MTLS_MENDER_PASS": "p", "MTLS_ALLOW_SEPARATE_AUTH_KEY": "true", "MTLS_TENANT_CA_PEM": "/nonexistent/ca.pem"}
+	var out, errb bytes.Buffer
+	err = cmdAmbassador(t.Context(), []string{"--identity-keys", "serial_no,,x"}, &out, &errb, func(k string) string { return env[k] })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--identity-keys")
+
+	err = cmdAmbassador(t.Context(), []string{"--server-cert", "/nonexistent/s.crt", "--server-key", "/nonexistent/s.key"},
+		&out, &errb, func(k string) string { return env[k] })
+	require.Error(t, err, "the files do not exist")
+	assert.Contains(t, errb.String(), "auth keys that differ from the certificate key are accepted",
+		"MTLS_ALLOW_SEPARATE_AUTH_KEY is honoured and the trade-off is logged")
+}

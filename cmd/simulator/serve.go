@@ -33,6 +33,7 @@ type serveFlags struct {
 	statusListen   string
 	backendListen  string
 	bind           listFlag
+	identityKeys   string
 	failRate       float64
 	dropRate       float64
 	latency        time.Duration
@@ -56,6 +57,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.statusListen, "status-listen", "127.0.0.1:8081", "with --mtls: plain-HTTP `ADDR` of the ambassador's /status and /metrics")
 	fs.StringVar(&f.backendListen, "backend-listen", "127.0.0.1:0", "with --mtls: the backend's own HTTPS `ADDR` (management calls go there)")
 	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
+	fs.StringVar(&f.identityKeys, "identity-keys", "", "with --mtls: comma-separated identity `KEYS` allowed besides the bound ones (see simulator ambassador)")
 	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
 	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
 	fs.DurationVar(&f.latency, "latency", 0, "delay every device API request by this `DURATION` (one that gets a --fail-rate or --drop-rate fault gets no delay)")
@@ -112,12 +114,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("listen %s: %w", backendAddr, err)
 	}
 	backendURL := "https://" + ln.Addr().String()
-	srv := &http.Server{
-		Handler:           backend,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	srv := backendServer(backend, cert, log)
 	if f.mtls {
 		return serveMTLS(ctx, &f, pk, srv, ln, log, stdout)
 	}
@@ -130,6 +127,22 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "  state:       %s\n", statePath)
 	}
 	return serveUntilDone(ctx, srv, ln, log)
+}
+
+// backendServer is the fake backend's HTTPS server. ReadTimeout bounds
+// reading a request, headers and body; IdleTimeout outlasts the 90 s the
+// ambassador keeps an idle upstream connection, so the backend does not
+// close one the ambassador is about to reuse. No WriteTimeout: it would cut
+// artifact downloads to slow devices.
+func backendServer(h http.Handler, cert tls.Certificate, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       40 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 }
 
 // serveUntilDone serves TLS on ln until ctx is done, then shuts down
@@ -149,6 +162,24 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, log 
 		return err
 	}
 	return nil
+}
+
+// backendListenWarning returns a warning when the backend's own listener
+// (serve --mtls --backend-listen) is not on a loopback address: the device
+// API is served there too, without mTLS, next to the management API.
+func backendListenWarning(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return "--backend-listen is not a loopback address: the device API is reachable there without mTLS, " +
+		"bypassing the ambassador; use 127.0.0.1:PORT unless a test needs it"
 }
 
 // hostsFor returns the names the server certificate must cover.
@@ -173,6 +204,9 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // the device CA; DIR/blacklist and DIR/crl.pem are created empty when absent
 // and reloaded when they change.
 func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, backend *http.Server, bln net.Listener, log *slog.Logger, stdout io.Writer) error {
+	if w := backendListenWarning(f.backendListen); w != "" {
+		log.Warn(w, "backend_listen", f.backendListen)
+	}
 	blacklist := filepath.Join(f.dir, "blacklist")
 	crlPath := filepath.Join(f.dir, "crl.pem")
 	if err := ensureRevocationFiles(pk, blacklist, crlPath); err != nil {
@@ -189,6 +223,11 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		}
 		binds = append(binds, bd)
 	}
+	keys, err := parseIdentityKeys(f.identityKeys)
+	if err != nil {
+		bln.Close()
+		return err
+	}
 	amb, err := ambassador.New(ambassador.Options{
 		Upstream:       upstream,
 		UpstreamCAFile: pk.CACert,
@@ -200,6 +239,7 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		BlacklistFile:  blacklist,
 		CRLFiles:       []string{crlPath},
 		BindIdentity:   binds,
+		IdentityKeys:   keys,
 		Logger:         log.With("component", "ambassador"),
 	})
 	if err != nil {

@@ -58,3 +58,17 @@ func TestServeFaultFlags(t *testing.T) {
 		})
 	}
 }
+
+func TestBackendListenWarning(t *testing.T) {
+	for addr, warn := range map[string]bool{
+		"127.0.0.1:0": false, "127.0.0.5:9000": false, "[::1]:0": false, "localhost:0": false,
+		"0.0.0.0:9000": true, ":9000": true, "192.168.1.10:443": true, "[::]:1": true, "mender.example.com:443": true,
+	} {
+		got := backendListenWarning(addr)
+		if warn {
+			assert.Contains(t, got, "without mTLS", addr)
+		} else {
+			assert.Empty(t, got, addr)
+		}
+	}
+}

@@ -11,15 +11,29 @@
 // or when [Ambassador.Reload] is called, without dropping connections.
 //
 // Only /api/devices/* is proxied, with [httputil.ReverseProxy] (the Host
-// header is rewritten to the upstream). On an auth request the ambassador
-// checks that the request's public key is the certificate's key (parsed keys,
-// not PEM text), verifies X-MEN-Signature with the certificate's key,
-// optionally binds identity attributes to certificate fields, preauthorizes
-// the device with the management API (201 and 409 both continue; results are
-// cached) and forwards the original bytes unchanged. The management token is
-// obtained in the background, refreshed before it expires and on 401, and
-// never logged. Errors are Mender JSON errors with request ids;
-// [Ambassador.StatusHandler] serves readiness and Prometheus metrics.
+// header is rewritten to the upstream; spoofable forwarding and
+// client-certificate headers are dropped in every spelling). On an auth
+// request the ambassador checks that the pubkey is exactly one PUBLIC KEY
+// PEM block holding the certificate's key (parsed keys, not PEM text; a
+// separate auth key only with [Options.AllowSeparateAuthKey]), verifies
+// X-MEN-Signature with that key, applies the identity policy (optional
+// binding of attributes to certificate fields, allowed keys, one identity
+// per certificate; without binding a bounded number of new identities per
+// certificate and hour), preauthorizes the device with the management API
+// using the normalised key (201 and 409 both continue; results are cached in
+// a bounded LRU) and forwards the original bytes unchanged. When the
+// upstream refuses an auth request whose preauthorization came from the
+// cache, the device is preauthorized again (with force for a pending auth
+// set, never for a rejected one) and the request is forwarded once more.
+// The management token is obtained in the background, refreshed before it
+// expires and on 401, and never logged. Errors are Mender JSON errors with
+// request ids; [Ambassador.StatusHandler] serves readiness and Prometheus
+// metrics.
+//
+// Protocol upgrades are refused (400) except a websocket upgrade of GET
+// /api/devices/v1/deviceconnect/connect; such a tunnel is closed when a
+// reload revokes its certificate or removes its CA, when the certificate
+// expires, and when Run returns.
 package ambassador
 
 import (
@@ -51,6 +65,11 @@ const (
 	DefaultReloadInterval  = 2 * time.Second
 	DefaultRequestTimeout  = 60 * time.Second
 	DefaultPreauthCacheTTL = time.Hour
+	// DefaultPreauthCacheSize is the zero value of Options.PreauthCacheSize.
+	DefaultPreauthCacheSize = 1 << 16
+	// DefaultNewIdentitiesPerHour is the zero value of
+	// Options.NewIdentitiesPerHour.
+	DefaultNewIdentitiesPerHour = 10
 )
 
 // Upstream transport timeouts that are not configurable.
@@ -101,8 +120,33 @@ type Options struct {
 	// tls.VersionTLS12 or tls.VersionTLS13. 0 = TLS 1.2.
 	MinTLSVersion uint16
 	// BindIdentity lists identity attributes that must equal a certificate
-	// field on auth requests. nil = identity data is not checked.
+	// field on auth requests. When it is set, each bound attribute must be a
+	// single JSON string, identity keys other than the bound ones and
+	// IdentityKeys are refused (403), and a certificate (issuer and serial)
+	// speaks for one identity only: the first one preauthorized through it.
+	// nil = identity data is not checked against the certificate.
 	BindIdentity []Binding
+	// IdentityKeys lists identity attributes allowed besides the bound ones
+	// (for example "serial_no"). With BindIdentity set, nil = only the bound
+	// attributes are allowed; without it, nil = any attribute, and a
+	// non-empty list refuses every key not in it.
+	IdentityKeys []string
+	// NewIdentitiesPerHour bounds how many identities one certificate may
+	// introduce per hour when BindIdentity is not set (with binding it may
+	// introduce one, ever); beyond it auth requests get 429 with
+	// Retry-After. 0 = DefaultNewIdentitiesPerHour; negative = no limit.
+	NewIdentitiesPerHour int
+	// AllowSeparateAuthKey accepts auth requests whose pubkey is not the
+	// client certificate's key, as Mender gateway 2.x does (MEN-7046): the
+	// signature is then verified with the request's key and that key is
+	// preauthorized. The certificate must still verify and BindIdentity
+	// still applies. False (the default) = the auth key must be the
+	// certificate's key, which proves the device holds the certificate's
+	// private key in the auth request too.
+	AllowSeparateAuthKey bool
+	// PreauthCacheSize bounds the preauthorization cache (least recently
+	// used entries are dropped first). 0 = DefaultPreauthCacheSize.
+	PreauthCacheSize int
 	// ReloadInterval is how often the CA, blacklist and CRL files are
 	// stat'ed for changes (mtime or size). 0 = DefaultReloadInterval.
 	ReloadInterval time.Duration
@@ -110,6 +154,25 @@ type Options struct {
 	// and the wait for the response headers of each proxied request; a
 	// streamed response body is not cut. 0 = DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// BodyReadTimeout bounds reading a device's request body, which is read
+	// completely (at most 1 MiB, else 413) before an upstream connection is
+	// taken; a device that sends it slower gets 408 and its connection is
+	// closed. 0 = DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
+	// UpstreamWaitTimeout bounds the wait for a free upstream slot (see
+	// UpstreamMaxConns) of each proxied or management request; a device
+	// request that waits longer gets 503 with Retry-After.
+	// 0 = DefaultUpstreamWaitTimeout.
+	UpstreamWaitTimeout time.Duration
+	// UpstreamMaxConns bounds the requests in flight to the upstream,
+	// proxied and management ones together, and the built-in transport's
+	// connections to it. 0 = DefaultUpstreamMaxConns.
+	UpstreamMaxConns int
+	// MaxInflightPerCert bounds the requests one client certificate (issuer
+	// and serial) may have in flight at once, an open websocket included;
+	// beyond it requests get 429 with Retry-After.
+	// 0 = DefaultMaxInflightPerCert; negative = no limit.
+	MaxInflightPerCert int
 	// PreauthCacheTTL is how long a successful preauthorization of an
 	// (identity, key) pair is remembered, so re-authentication of the same
 	// device skips the preauthorization call. 0 = DefaultPreauthCacheTTL.
@@ -150,9 +213,16 @@ type Ambassador struct {
 	upstreamErr error      // last transport error talking to the upstream; nil after any answer
 
 	cache   *preauthCache
+	limiter *upstreamLimiter // wraps transport
+	perCert *certLimiter
+	policy  identityPolicy
+	certIDs *certIdentities
 	metrics *ambMetrics
 	stats   stats
 	running atomic.Bool
+
+	upgrades     upgradeRegistry // websocket connections hijacked by the proxy
+	handshakeLog logLimiter      // handshake failure log lines, by reason
 }
 
 // New validates opts, loads the server certificate, the client CA bundle,
@@ -168,8 +238,14 @@ func New(opts Options) (*Ambassador, error) {
 		now:          opts.Now,
 		minVersion:   opts.MinTLSVersion,
 		tokenChanged: make(chan struct{}, 1),
-		cache:        newPreauthCache(opts.PreauthCacheTTL),
+		cache:        newPreauthCache(opts.PreauthCacheTTL, opts.PreauthCacheSize),
+		policy:       newIdentityPolicy(opts.BindIdentity, opts.IdentityKeys),
+		certIDs:      newCertIdentities(opts.NewIdentitiesPerHour),
 		metrics:      newMetrics(),
+	}
+	if opts.AllowSeparateAuthKey {
+		a.log.Warn("auth keys that differ from the certificate key are accepted (AllowSeparateAuthKey): an auth request " +
+			"then proves only that the device holds some key, not the certificate's")
 	}
 	cert, err := tls.LoadX509KeyPair(opts.ServerCertFile, opts.ServerKeyFile)
 	if err != nil {
@@ -192,6 +268,9 @@ func New(opts Options) (*Ambassador, error) {
 		}
 		a.transport = t
 	}
+	a.limiter = newUpstreamLimiter(a.transport, opts.UpstreamMaxConns, opts.UpstreamWaitTimeout, a.noteUpstreamBusy)
+	a.transport = a.limiter // proxied and management requests share the slots
+	a.perCert = newCertLimiter(opts.MaxInflightPerCert)
 	if opts.UpstreamInsecureSkipVerify {
 		a.log.Warn("upstream TLS verification is off; use only for tests", "upstream", opts.Upstream.Redacted())
 	}
@@ -204,7 +283,7 @@ func New(opts Options) (*Ambassador, error) {
 	}
 	a.proxy = &httputil.ReverseProxy{
 		Rewrite:        a.rewrite,
-		Transport:      a.transport,
+		Transport:      authRetryTransport{a: a},
 		FlushInterval:  -1,
 		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		ModifyResponse: a.modifyResponse,
@@ -252,6 +331,25 @@ func validateOptions(o *Options) error {
 		binds = append(binds, nb)
 	}
 	o.BindIdentity = binds
+	keys := make([]string, 0, len(o.IdentityKeys))
+	for i, k := range o.IdentityKeys {
+		k = strings.TrimSpace(k)
+		if k == "" {
+			bad("IdentityKeys[%d] is empty; list attribute names such as serial_no", i)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	o.IdentityKeys = keys
+	if o.PreauthCacheSize < 0 {
+		bad("PreauthCacheSize %d must not be negative", o.PreauthCacheSize)
+	}
+	if o.PreauthCacheSize == 0 {
+		o.PreauthCacheSize = DefaultPreauthCacheSize
+	}
+	if o.NewIdentitiesPerHour == 0 {
+		o.NewIdentitiesPerHour = DefaultNewIdentitiesPerHour
+	}
 	if o.ReloadInterval < 0 || o.RequestTimeout < 0 || o.PreauthCacheTTL < 0 {
 		bad("ReloadInterval, RequestTimeout and PreauthCacheTTL must not be negative")
 	}
@@ -260,6 +358,21 @@ func validateOptions(o *Options) error {
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.BodyReadTimeout < 0 || o.UpstreamWaitTimeout < 0 || o.UpstreamMaxConns < 0 {
+		bad("BodyReadTimeout, UpstreamWaitTimeout and UpstreamMaxConns must not be negative")
+	}
+	if o.BodyReadTimeout == 0 {
+		o.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if o.UpstreamWaitTimeout == 0 {
+		o.UpstreamWaitTimeout = DefaultUpstreamWaitTimeout
+	}
+	if o.UpstreamMaxConns == 0 {
+		o.UpstreamMaxConns = DefaultUpstreamMaxConns
+	}
+	if o.MaxInflightPerCert == 0 {
+		o.MaxInflightPerCert = DefaultMaxInflightPerCert
 	}
 	if o.PreauthCacheTTL == 0 {
 		o.PreauthCacheTTL = DefaultPreauthCacheTTL
@@ -278,9 +391,6 @@ func validateOptions(o *Options) error {
 	}
 	return errors.Join(errs...)
 }
-
-// upstreamMaxConns bounds the ambassador's connections to the upstream.
-const upstreamMaxConns = 256
 
 func newUpstreamTransport(o Options) (*http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.UpstreamInsecureSkipVerify} //nolint:gosec // opt-in for tests, logged by New
@@ -307,12 +417,13 @@ func newUpstreamTransport(o Options) (*http.Transport, error) {
 		ExpectContinueTimeout: time.Second,
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   upstreamMaxConns,
+		MaxIdleConnsPerHost:   o.UpstreamMaxConns,
 		// Bounded: a burst of device connections must queue for upstream
 		// connections, not open thousands of TLS sessions to the server at
 		// once (measured: an unbounded pool turned a 10,000-device burst
 		// into 16,500 upstream 502s; 256 connections carry it with none).
-		MaxConnsPerHost: upstreamMaxConns,
+		// UpstreamWaitTimeout bounds the wait for one (upstreamLimiter).
+		MaxConnsPerHost: o.UpstreamMaxConns,
 	}, nil
 }
 
@@ -321,11 +432,14 @@ func newUpstreamTransport(o Options) (*http.Transport, error) {
 // /status, not returned), the token refresh at 80% of its lifetime, and the
 // file reload loop. It returns nil after ctx is done and every goroutine it
 // started has exited; a second concurrent Run returns ErrAlreadyRunning.
+// On return it closes the connections upgraded to websocket, which
+// http.Server.Shutdown neither closes nor waits for.
 func (a *Ambassador) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
 	defer a.running.Store(false)
+	defer a.closeAllUpgrades()
 	var wg sync.WaitGroup
 	wg.Go(func() { a.loginLoop(ctx) })
 	wg.Go(func() { a.reloadLoop(ctx) })
@@ -336,8 +450,11 @@ func (a *Ambassador) Run(ctx context.Context) error {
 // ErrorLog returns a logger for http.Server.ErrorLog. It classifies TLS
 // handshake failures detected by crypto/tls (no certificate, unknown CA,
 // expired, wrong key usage) into mtls_handshake_failures_total and forwards
-// every line to the Logger. Rejections made by the ambassador's own checks are
-// counted where they happen and are not counted twice.
+// the lines to the Logger: every line but handshake failures, which are
+// logged at most once per reason every 10 s, the next line carrying the
+// number suppressed in between ("suppressed"); the metric counts them all.
+// Rejections made by the ambassador's own checks are counted where they
+// happen and are not counted twice.
 func (a *Ambassador) ErrorLog() *log.Logger {
 	return log.New(errorLogWriter{a: a}, "", 0)
 }
@@ -355,13 +472,13 @@ func (w errorLogWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if strings.Contains(line, ownRejectionMarker) {
-		w.a.log.Debug("tls handshake rejected", "error", line)
+		w.a.logLimited(w.a.log.Debug, "rejected-echo", "tls handshake rejected", "error", line)
 		return len(p), nil
 	}
 	reason := classifyHandshakeError(line)
 	w.a.metrics.handshakeFailure(reason)
 	w.a.stats.handshakeFailures.Add(1)
-	w.a.log.Info("tls handshake failed", "reason", reason, "error", line)
+	w.a.logLimited(w.a.log.Info, "failed/"+reason, "tls handshake failed", "reason", reason, "error", line)
 	return len(p), nil
 }
 
@@ -390,16 +507,29 @@ type Stats struct {
 	AuthRequests      uint64 // auth requests seen (before any check)
 	Preauths          uint64 // preauthorization calls sent upstream (retries included)
 	PreauthCacheHits  uint64 // auth requests whose preauthorization was skipped
+	AuthRetries       uint64 // auth requests forwarded again after a stale cached preauthorization
 	Logins            uint64 // successful management logins
 	LoginFailures     uint64 // failed management logins
 	HandshakeFailures uint64 // rejected TLS handshakes (see ErrorLog)
 	Reloads           uint64 // reloads of the CA/blacklist/CRL files
 	ReloadFailures    uint64 // reloads where at least one file was kept at its old state
+	Upgrades          uint64 // device connections upgraded to websocket (deviceconnect)
+	UpgradesRefused   uint64 // requests refused (400) for asking for any other upgrade
+	UpgradesClosed    uint64 // upgraded connections closed for revocation, lost trust or expiry
+	InflightRefused   uint64 // requests refused (429): the certificate had MaxInflightPerCert in flight
+	UpstreamBusy      uint64 // upstream calls that found no free slot within UpstreamWaitTimeout (503 to a device, or a failed management call)
+	BodyTimeouts      uint64 // request bodies not received within BodyReadTimeout (408)
+	BodiesTooLarge    uint64 // request bodies over 1 MiB (413)
 }
 
 type stats struct {
 	requests, forwarded, rejected, authRequests, preauths, preauthCacheHits,
 	logins, loginFailures, handshakeFailures, reloads, reloadFailures atomic.Uint64
+	authRetries atomic.Uint64
+
+	upgrades, upgradesRefused, upgradesClosed atomic.Uint64
+
+	inflightRefused, upstreamBusy, bodyTimeouts, bodiesTooLarge atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -408,9 +538,12 @@ func (a *Ambassador) Stats() Stats {
 	return Stats{
 		Requests: s.requests.Load(), Forwarded: s.forwarded.Load(), Rejected: s.rejected.Load(),
 		AuthRequests: s.authRequests.Load(), Preauths: s.preauths.Load(),
-		PreauthCacheHits: s.preauthCacheHits.Load(), Logins: s.logins.Load(),
+		PreauthCacheHits: s.preauthCacheHits.Load(), AuthRetries: s.authRetries.Load(), Logins: s.logins.Load(),
 		LoginFailures: s.loginFailures.Load(), HandshakeFailures: s.handshakeFailures.Load(),
 		Reloads: s.reloads.Load(), ReloadFailures: s.reloadFailures.Load(),
+		Upgrades: s.upgrades.Load(), UpgradesRefused: s.upgradesRefused.Load(), UpgradesClosed: s.upgradesClosed.Load(),
+		InflightRefused: s.inflightRefused.Load(), UpstreamBusy: s.upstreamBusy.Load(),
+		BodyTimeouts: s.bodyTimeouts.Load(), BodiesTooLarge: s.bodiesTooLarge.Load(),
 	}
 }
 
@@ -465,7 +598,7 @@ type ctxKey int
 
 const (
 	ctxRequestID ctxKey = iota
-	ctxPreauthKey
+	ctxAuthAttempt
 	ctxLeaf
 )
 

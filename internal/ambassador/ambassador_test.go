@@ -511,8 +511,10 @@ func TestPreauthCache(t *testing.T) {
 	a, err = e.auth(d, testIDData)
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusUnauthorized, a.status, "the upstream's refusal is passed through")
+	assert.Equal(t, 4, e.up.counts().preauths, "a refused auth that was a cache hit preauthorizes again at once")
+	assert.Zero(t, e.amb.Stats().AuthRetries, "the fake's 409 carries no device, so the 401 is passed on, not retried")
 	auth()
-	assert.Equal(t, 4, e.up.counts().preauths, "a refused auth forgets the cached preauthorization")
+	assert.Equal(t, 5, e.up.counts().preauths, "a refused auth forgets the cached preauthorization")
 }
 
 func TestUpstreamDown(t *testing.T) {

@@ -57,9 +57,9 @@ func (b Binding) check(identity map[string]any, cert *x509.Certificate) error {
 	if !ok {
 		return fmt.Errorf("%w: identity attribute %q is missing; it must equal the certificate %s", ErrIdentityMismatch, b.Attr, b.Field)
 	}
-	if arr, isArr := v.([]any); isArr && len(arr) == 1 {
-		v = arr[0]
-	}
+	// Exactly a string: an array (even of one element) is another
+	// identity to deviceauth, so accepting it would let one certificate
+	// register a second device.
 	s, ok := v.(string)
 	if !ok {
 		return fmt.Errorf("%w: identity attribute %q must be a single string to match the certificate %s", ErrIdentityMismatch, b.Attr, b.Field)

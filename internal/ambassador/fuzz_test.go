@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -97,5 +102,61 @@ func FuzzParseBinding(f *testing.F) {
 		again, err := ParseBinding(b.String())
 		require.NoError(t, err)
 		assert.Equal(t, b, again)
+	})
+}
+
+// FuzzIdentityPolicy drives the identity policy with arbitrary id_data.
+// Properties: it never panics; whatever passes holds only allowed keys and
+// each bound attribute is exactly the certificate's CN as a string.
+func FuzzIdentityPolicy(f *testing.F) {
+	cert := &x509.Certificate{Subject: pkix.Name{CommonName: "dev1"}, SerialNumber: big.NewInt(7)}
+	p := newIdentityPolicy([]Binding{{Attr: "mac", Field: FieldCN}}, []string{"serial_no"})
+	for _, s := range []string{`{"mac":"dev1"}`, `{"mac":["dev1"]}`, `{"mac":"dev1","serial_no":"x"}`,
+		`{"mac":"dev1","other":1}`, `{"MAC":"dev1"}`, `{}`, `[]`, `{"mac":null}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, idData string) {
+		ident, _, _, err := menderapi.CanonicalIdentity(idData)
+		if err != nil {
+			return
+		}
+		if err := p.check(ident, cert); err != nil {
+			assert.True(t, errors.Is(err, ErrIdentityMismatch) || errors.Is(err, ErrIdentityKeyNotAllowed), "%v", err)
+			return
+		}
+		assert.Equal(t, "dev1", ident["mac"], "the bound attribute is the CN, as a string")
+		for k := range ident {
+			assert.Contains(t, []string{"mac", "serial_no"}, k)
+		}
+	})
+}
+
+// FuzzPubKeyPEM checks the auth pubkey rule: what passes is exactly one
+// PUBLIC KEY block, so the key preauthorized (the normalised PEM of the
+// parsed key) is the only key in the text.
+func FuzzPubKeyPEM(f *testing.F) {
+	key := genKey(f, "p256")
+	norm, err := menderapi.MarshalPublicKeyPEM(key.Public())
+	require.NoError(f, err)
+	for _, s := range []string{norm, norm + norm, "x\n" + norm, norm + "x", strings.ReplaceAll(norm, "\n", "\r\n"),
+		"-----BEGIN PUBLIC KEY-----\nProc-Type: 4,ENCRYPTED\n\nAAAA\n-----END PUBLIC KEY-----\n", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if checkSinglePublicKeyPEM(s) != nil {
+			return
+		}
+		blk, rest := pem.Decode([]byte(s))
+		require.NotNil(t, blk)
+		assert.Equal(t, "PUBLIC KEY", blk.Type)
+		assert.Empty(t, blk.Headers)
+		assert.Empty(t, bytes.TrimSpace(rest), "nothing after the block")
+		if k, err := menderapi.ParsePublicKeyPEM(s); err == nil {
+			n, err := menderapi.MarshalPublicKeyPEM(k)
+			require.NoError(t, err)
+			again, err := menderapi.ParsePublicKeyPEM(n)
+			require.NoError(t, err)
+			assert.True(t, menderapi.PublicKeysEqual(k, again), "normalisation keeps the key")
+		}
 	})
 }

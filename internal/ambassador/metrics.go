@@ -20,6 +20,8 @@ type ambMetrics struct {
 	requests          *counterVec
 	preauthDuration   *histogram
 	upstreamDuration  *histogram
+	upgradesClosed    *counterVec
+	limitRefusals     *counterVec
 }
 
 func newMetrics() *ambMetrics {
@@ -34,12 +36,21 @@ func newMetrics() *ambMetrics {
 			"Duration of preauthorization calls to the management API.", durationBuckets())},
 		upstreamDuration: &histogram{metrics.NewHistogram("mtls_upstream_duration_seconds",
 			"Duration of proxied device requests, until the response body is copied.", durationBuckets())},
+		upgradesClosed: &counterVec{metrics.NewCounterVec("mtls_upgraded_connections_closed_total",
+			"Websocket connections closed by the ambassador because the client certificate was revoked, lost its CA or expired, by reason.",
+			"reason", reasonRevoked, reasonUnknownAuthority, reasonNotValidNow)},
+		limitRefusals: &counterVec{metrics.NewCounterVec("mtls_limit_refusals_total",
+			"Requests refused by a resource limit, by limit: inflight_per_cert (429), upstream_busy (no upstream "+
+				"connection free in time: 503, or a failed management call), body_timeout (408), body_too_large (413).",
+			"limit", limitReasons()...)},
 	}
 }
 
 func (m *ambMetrics) handshakeFailure(reason string) { m.handshakeFailures.inc(reason) }
 func (m *ambMetrics) authOutcome(outcome string)     { m.authRequests.inc(outcome) }
 func (m *ambMetrics) request(code int)               { m.requests.inc(strconv.Itoa(code)) }
+func (m *ambMetrics) upgradeClosed(reason string)    { m.upgradesClosed.inc(reason) }
+func (m *ambMetrics) limitRefusal(limit string)      { m.limitRefusals.inc(limit) }
 
 // write renders every metric in the Prometheus text exposition format 0.0.4.
 func (m *ambMetrics) write(w io.Writer) error {
@@ -48,6 +59,8 @@ func (m *ambMetrics) write(w io.Writer) error {
 	m.authRequests.Write(mw)
 	m.requests.Write(mw)
 	m.preauthDuration.Write(mw)
+	m.upgradesClosed.Write(mw)
+	m.limitRefusals.Write(mw)
 	m.upstreamDuration.Write(mw)
 	return mw.Flush()
 }

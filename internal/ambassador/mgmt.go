@@ -257,17 +257,18 @@ func (a *Ambassador) loginLoop(ctx context.Context) {
 	}
 }
 
-// preauthCache remembers preauthorized (identity, key) pairs until expiry.
+// preauthCache remembers preauthorized (identity, key) pairs until expiry,
+// at most a fixed number of them: the least recently used pair is dropped
+// first, so a flood of new identities costs the oldest devices one extra
+// preauthorization each, never the whole cache at once.
 type preauthCache struct {
 	ttl time.Duration
 	mu  sync.Mutex
-	m   map[string]time.Time
+	m   *lru[string, time.Time] // key → expiry
 }
 
-const maxPreauthCacheEntries = 1 << 16
-
-func newPreauthCache(ttl time.Duration) *preauthCache {
-	return &preauthCache{ttl: ttl, m: make(map[string]time.Time)}
+func newPreauthCache(ttl time.Duration, size int) *preauthCache {
+	return &preauthCache{ttl: ttl, m: newLRU[string, time.Time](size)}
 }
 
 func preauthCacheKey(req *menderapi.ParsedAuthRequest) string {
@@ -278,9 +279,9 @@ func preauthCacheKey(req *menderapi.ParsedAuthRequest) string {
 func (c *preauthCache) hit(key string, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	exp, ok := c.m[key]
+	exp, ok := c.m.get(key)
 	if ok && !now.Before(exp) {
-		delete(c.m, key)
+		c.m.remove(key)
 		return false
 	}
 	return ok
@@ -289,69 +290,131 @@ func (c *preauthCache) hit(key string, now time.Time) bool {
 func (c *preauthCache) put(key string, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= maxPreauthCacheEntries {
-		for k, exp := range c.m {
-			if !now.Before(exp) {
-				delete(c.m, k)
-			}
-		}
-		if len(c.m) >= maxPreauthCacheEntries {
-			clear(c.m) // bounded memory; the next auth of each device preauthorizes again
-		}
-	}
-	c.m[key] = now.Add(c.ttl)
+	c.m.put(key, now.Add(c.ttl))
 }
 
 func (c *preauthCache) forget(key string) {
 	c.mu.Lock()
-	delete(c.m, key)
+	c.m.remove(key)
 	c.mu.Unlock()
+}
+
+func (c *preauthCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m.len()
 }
 
 // preauthorize makes sure the upstream has a preauthorized auth set for
 // req's identity and key: it calls the preauthorization API unless the pair
-// is cached; 201 and 409 succeed; 401 triggers one re-login and retry.
-func (a *Ambassador) preauthorize(ctx context.Context, req *menderapi.ParsedAuthRequest, rid string, log *slog.Logger) error {
+// is cached; 201 and 409 succeed; 401 triggers one re-login and retry. The
+// key sent is req's normalised PEM, never the device's own text. It
+// reports whether the answer came from the cache.
+func (a *Ambassador) preauthorize(ctx context.Context, req *menderapi.ParsedAuthRequest, rid string, log *slog.Logger) (cached bool, err error) {
 	key := preauthCacheKey(req)
 	if a.cache.hit(key, a.now()) {
 		a.stats.preauthCacheHits.Add(1)
 		log.Debug("preauthorization cached", "identity_hash", req.IdentityHash, "key", menderapi.Fingerprint(req.Key))
-		return nil
+		return true, nil
 	}
-	body, err := json.Marshal(menderapi.PreauthRequest{IdentityData: req.Identity, PubKey: req.PubKey})
+	status, body, err := a.sendPreauth(ctx, menderapi.PreauthRequest{IdentityData: req.Identity, PubKey: req.NormalizedPubKey}, rid, log)
 	if err != nil {
-		return fmt.Errorf("%w: encode request: %v", ErrPreauthFailed, err)
-	}
-	tok, err := a.mgmtToken(ctx)
-	if err != nil {
-		return err
-	}
-	status, msg, err := a.postPreauth(ctx, tok, body, rid)
-	if err == nil && status == http.StatusUnauthorized {
-		log.Info("management token refused by preauthorization; logging in again", "token", menderapi.TokenFingerprint(tok))
-		if tok, err = a.refreshToken(context.WithoutCancel(ctx), tok, false); err != nil {
-			return err
-		}
-		status, msg, err = a.postPreauth(ctx, tok, body, rid)
-	}
-	if err != nil {
-		return err
+		return false, err
 	}
 	switch status {
 	case http.StatusCreated, http.StatusConflict:
 		a.cache.put(key, a.now())
 		log.Info("device preauthorized", "status", status, "identity_hash", req.IdentityHash,
 			"key", menderapi.Fingerprint(req.Key))
-		return nil
+		return false, nil
 	}
-	return fmt.Errorf("%w: upstream answered %d (%s)", ErrPreauthFailed, status, msg)
+	return false, fmt.Errorf("%w: upstream answered %d (%s)", ErrPreauthFailed, status, menderapi.DecodeError(bytes.NewReader(body)))
 }
 
-func (a *Ambassador) postPreauth(ctx context.Context, tok string, body []byte, rid string) (int, string, error) {
+// ErrDeviceBlocked means the upstream holds the device's auth set as
+// rejected (or the device is being decommissioned), so the ambassador does
+// not preauthorize it again: rejecting is how an operator blocks a
+// certificate holder.
+var ErrDeviceBlocked = errors.New("the device's auth set is rejected upstream")
+
+// repreauthorize runs after the upstream refused (401) an auth request
+// whose preauthorization came from the cache: the device was probably
+// decommissioned, and the auth request just re-created it as pending, so a
+// plain preauthorization would only answer 409. It preauthorizes again and,
+// when the device exists with this key pending (or without this key),
+// preauthorizes with force. A rejected auth set or a device being
+// decommissioned is left alone (ErrDeviceBlocked).
+func (a *Ambassador) repreauthorize(ctx context.Context, req *menderapi.ParsedAuthRequest, rid string, log *slog.Logger) error {
+	pr := menderapi.PreauthRequest{IdentityData: req.Identity, PubKey: req.NormalizedPubKey}
+	status, body, err := a.sendPreauth(ctx, pr, rid, log)
+	if err != nil {
+		return err
+	}
+	if status == http.StatusConflict {
+		var dev menderapi.Device
+		if err := json.Unmarshal(body, &dev); err != nil {
+			return fmt.Errorf("%w: decode the 409 device: %v", ErrPreauthFailed, err)
+		}
+		if state := authSetState(dev, req); state != menderapi.DevStatusPending && state != "" {
+			return fmt.Errorf("%w (device %s, auth set %s, decommissioning %t)", ErrDeviceBlocked, dev.ID, state, dev.Decommissioning)
+		}
+		pr.Force = true
+		if status, body, err = a.sendPreauth(ctx, pr, rid, log); err != nil {
+			return err
+		}
+	}
+	if status != http.StatusCreated {
+		return fmt.Errorf("%w: upstream answered %d (%s)", ErrPreauthFailed, status, menderapi.DecodeError(bytes.NewReader(body)))
+	}
+	a.cache.put(preauthCacheKey(req), a.now())
+	log.Info("device preauthorized again after a refused cached preauthorization", "force", pr.Force,
+		"identity_hash", req.IdentityHash, "key", menderapi.Fingerprint(req.Key))
+	return nil
+}
+
+// authSetState returns the status of dev's auth set for req's key: "" when
+// it has none, "decommissioning" when the device is being decommissioned.
+func authSetState(dev menderapi.Device, req *menderapi.ParsedAuthRequest) string {
+	if dev.Decommissioning {
+		return "decommissioning"
+	}
+	for _, as := range dev.AuthSets {
+		k, err := menderapi.ParsePublicKeyPEM(as.PubKey)
+		if err == nil && menderapi.PublicKeysEqual(k, req.Key) {
+			return as.Status
+		}
+	}
+	return ""
+}
+
+// sendPreauth posts a preauthorization with the management token, logging
+// in once more when the token is refused. It returns the status and up to
+// 1 MiB of the answer.
+func (a *Ambassador) sendPreauth(ctx context.Context, pr menderapi.PreauthRequest, rid string, log *slog.Logger) (int, []byte, error) {
+	body, err := json.Marshal(pr)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: encode request: %v", ErrPreauthFailed, err)
+	}
+	tok, err := a.mgmtToken(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	status, answer, err := a.postPreauth(ctx, tok, body, rid)
+	if err == nil && status == http.StatusUnauthorized {
+		log.Info("management token refused by preauthorization; logging in again", "token", menderapi.TokenFingerprint(tok))
+		if tok, err = a.refreshToken(context.WithoutCancel(ctx), tok, false); err != nil {
+			return 0, nil, err
+		}
+		status, answer, err = a.postPreauth(ctx, tok, body, rid)
+	}
+	return status, answer, err
+}
+
+func (a *Ambassador) postPreauth(ctx context.Context, tok string, body []byte, rid string) (int, []byte, error) {
 	u := a.opts.Upstream.JoinPath(menderapi.PathDevauthDevices)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
-		return 0, "", fmt.Errorf("%w: build request: %v", ErrPreauthFailed, err)
+		return 0, nil, fmt.Errorf("%w: build request: %v", ErrPreauthFailed, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set(menderapi.HeaderContentType, menderapi.ContentTypeJSON)
@@ -360,16 +423,20 @@ func (a *Ambassador) postPreauth(ctx context.Context, tok string, body []byte, r
 	start := time.Now()
 	resp, err := a.mgmtClient.Do(req)
 	a.metrics.preauthDuration.observe(time.Since(start).Seconds())
+	if errors.Is(err, errUpstreamBusy) {
+		return 0, nil, err // our own pool limit: the upstream is not down
+	}
 	if err != nil {
 		a.noteUpstreamErr(ctx, err)
-		return 0, "", fmt.Errorf("%w: %v", ErrUpstreamUnavailable, err)
+		return 0, nil, fmt.Errorf("%w: %v", ErrUpstreamUnavailable, err)
 	}
 	defer resp.Body.Close()
 	a.setUpstreamErr(nil)
-	msg := ""
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusConflict {
-		msg = menderapi.DecodeError(resp.Body)
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		a.noteUpstreamErr(ctx, err)
+		return 0, nil, fmt.Errorf("%w: read answer: %v", ErrUpstreamUnavailable, err)
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // keep the connection reusable
-	return resp.StatusCode, msg, nil
+	return resp.StatusCode, answer, nil
 }

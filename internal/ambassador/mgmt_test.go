@@ -225,7 +225,7 @@ func TestRefreshTimeAndBackoff(t *testing.T) {
 }
 
 func TestPreauthCacheBounds(t *testing.T) {
-	c := newPreauthCache(time.Minute)
+	c := newPreauthCache(time.Minute, 100)
 	t0 := time.Unix(1_000_000, 0)
 	c.put("a", t0)
 	assert.True(t, c.hit("a", t0.Add(59*time.Second)))
@@ -236,15 +236,38 @@ func TestPreauthCacheBounds(t *testing.T) {
 	c.forget("b")
 	assert.False(t, c.hit("b", t0))
 
-	for i := range maxPreauthCacheEntries {
+	for i := range 100 {
 		c.put(strconv.Itoa(i), t0)
 	}
-	c.put("late", t0.Add(time.Second))
-	c.mu.Lock()
-	n := len(c.m)
-	c.mu.Unlock()
-	assert.LessOrEqual(t, n, maxPreauthCacheEntries, "the cache is bounded")
-	assert.True(t, c.hit("late", t0.Add(time.Second)))
+	assert.True(t, c.hit("0", t0), "the oldest entry, used again, becomes the newest")
+	for i := range 50 {
+		c.put("new"+strconv.Itoa(i), t0)
+	}
+	assert.Equal(t, 100, c.len(), "the cache is bounded")
+	assert.True(t, c.hit("0", t0), "a recently used entry survives a flood of new ones")
+	assert.True(t, c.hit("99", t0), "so do the newer half")
+	assert.False(t, c.hit("1", t0), "the least recently used are dropped first, one at a time")
+	assert.True(t, c.hit("new49", t0))
+}
+
+func TestLRU(t *testing.T) {
+	c := newLRU[string, int](2)
+	c.put("a", 1)
+	c.put("b", 2)
+	_, _ = c.get("a")
+	c.put("c", 3) // evicts b, the least recently used
+	_, ok := c.get("b")
+	assert.False(t, ok)
+	v, ok := c.get("a")
+	assert.True(t, ok)
+	assert.Equal(t, 1, v)
+	c.put("a", 10)
+	v, _ = c.get("a")
+	assert.Equal(t, 10, v, "put replaces")
+	c.remove("a")
+	c.remove("zz")
+	assert.Equal(t, 1, c.len())
+	assert.Equal(t, 1, newLRU[int, int](0).max, "a bound below one is one")
 }
 
 func TestDeviceRequestsDoNotHammerAFailingLogin(t *testing.T) {

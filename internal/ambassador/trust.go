@@ -313,7 +313,8 @@ func stampsEqual(a, b []fileStamp) bool {
 // file group (CAs, blacklist, CRLs) that fails to load keeps its previous
 // state; the failures are logged and returned joined. New handshakes use the
 // new state at once; open connections are kept, and their next request is
-// checked against the new blacklist and CRLs.
+// checked against the new blacklist and CRLs. Upgraded (websocket)
+// connections whose certificate the new state refuses are closed.
 func (a *Ambassador) Reload() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
@@ -324,6 +325,7 @@ func (a *Ambassador) reloadLocked() error {
 	stamps := stampFiles(a.watchedFiles()) // before reading: a later change triggers another reload
 	next, err := loadTrust(a.opts, a.trust.Load(), a.now(), a.log)
 	a.trust.Store(next)
+	a.closeRevokedUpgrades(next) // tunnels bypass the per-request check
 	a.stamps = stamps
 	a.stats.reloads.Add(1)
 	if err != nil {
@@ -386,8 +388,8 @@ func (a *Ambassador) handshakeConfig(st *trustState) *tls.Config {
 				a.stats.handshakeFailures.Add(1)
 				if len(cs.PeerCertificates) > 0 {
 					leaf := cs.PeerCertificates[0]
-					a.log.Info("tls handshake rejected", "reason", reason, "serial", serialKey(leaf.SerialNumber),
-						"subject", leaf.Subject.String(), "error", err)
+					a.logLimited(a.log.Info, "rejected/"+reason, "tls handshake rejected", "reason", reason,
+						"serial", serialKey(leaf.SerialNumber), "subject", leaf.Subject.String(), "error", err)
 				}
 				return fmt.Errorf("%s: %w", ownRejectionMarker, err)
 			}

@@ -142,7 +142,7 @@ func TestBindingCheck(t *testing.T) {
 		{"CN differs", Binding{"mac", FieldCN}, map[string]any{"mac": "dev-2"}, false},
 		{"CN is case-sensitive", Binding{"mac", FieldCN}, map[string]any{"mac": "DEV-1"}, false},
 		{"attribute missing", Binding{"mac", FieldCN}, map[string]any{"sn": "dev-1"}, false},
-		{"one-element array", Binding{"mac", FieldCN}, map[string]any{"mac": []any{"dev-1"}}, true},
+		{"one-element array", Binding{"mac", FieldCN}, map[string]any{"mac": []any{"dev-1"}}, false},
 		{"two-element array", Binding{"mac", FieldCN}, map[string]any{"mac": []any{"dev-1", "x"}}, false},
 		{"number", Binding{"mac", FieldCN}, map[string]any{"mac": 1.0}, false},
 		{"serial hex", Binding{"sn", FieldSerial}, map[string]any{"sn": "0x00BEEF"}, true},

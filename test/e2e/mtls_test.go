@@ -255,3 +255,23 @@ func TestMTLSRevokedWhileRunning(t *testing.T) {
 		"the agent did not keep trying")
 	assert.Equal(t, seen, deviceRequests(), "the backend received nothing from the revoked device")
 }
+
+// A device decommissioned through the management API comes back on its
+// next authentication and is accepted again with no manual step, although
+// the ambassador still has its preauthorization cached (issue 9, defect 4).
+func TestMTLSDecommissionedDeviceIsAcceptedAgain(t *testing.T) {
+	dir := t.TempDir()
+	b := startServe(t, dir, "--mtls", "--status-listen", "127.0.0.1:0")
+	certDir := filepath.Join(t.TempDir(), "device")
+	simulator(t, "pki", "device", "--dir", dir, "--cn", "dev-decom", "--out", certDir)
+	a := mtlsAgent(t, b.url, b.ca, certDir, "02:00:00:00:0e:01")
+	agent := startAgent(t, a.env, a.args("daemon")...)
+	dev := waitAcceptedAndPolling(t, b, "dev-decom")
+
+	require.Equal(t, http.StatusNoContent, b.mgmt(t, http.MethodDelete, menderapi.PathDevauthDevices+"/"+dev.ID, nil, nil))
+	require.Eventually(t, func() bool {
+		devs := b.devices(t)
+		return len(devs) == 1 && devs[0].ID != dev.ID && devs[0].Status == menderapi.DevStatusAccepted
+	}, 30*time.Second, 100*time.Millisecond, "the decommissioned device was not accepted again; agent log:\n%s",
+		lastLines(agent.stderr.String(), 20))
+}
