@@ -2,8 +2,9 @@
 # Installs what `make test` needs and a fresh machine lacks: Debian packages
 # (qemu-user-static for the ARM smoke test, openssl for the mTLS-guide test,
 # swtpm for the TPM tests, gcc and libssl-dev for cgo: -race and the TPM
-# simulator). Already-present tools are left alone, so a second
-# run costs nothing and needs no network.
+# simulator, systemd for systemd-analyze, which rates the hardening of
+# support/device-agent.service). Already-present tools are left alone, so a
+# second run costs nothing and needs no network.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,9 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 # cgo for -race and the go-tpm-tools TPM simulator (which links OpenSSL).
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
+# systemd-analyze security/verify for the unit test (installing the package
+# does not make systemd PID 1).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: everything present"

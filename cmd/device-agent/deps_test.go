@@ -2,9 +2,11 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -35,5 +37,99 @@ func TestAgentDependencies(t *testing.T) {
 	require.Contains(t, deps, "github.com/google/go-tpm/tpm2", "sanity: the agent has its TPM backend")
 	for _, f := range forbidden {
 		require.NotContains(t, deps, f, "device-agent must not link %s", f)
+	}
+}
+
+// agentTag is the build tag every agent build carries (Makefile): net/http
+// without its bundled HTTP/2, which the agent never speaks.
+const agentTag = "nethttpomithttp2"
+
+// http2Packages are what net/http's bundled HTTP/2 links in.
+var http2Packages = []string{
+	"golang.org/x/net/http2",
+	"golang.org/x/net/http2/hpack",
+	"vendor/golang.org/x/net/http2/hpack",
+	"net/http/internal/httpcommon",
+}
+
+// goList runs go list for the armv7 agent with tags and returns its output
+// split into fields.
+func goList(t *testing.T, tags string, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-tags", tags}, args...)...)
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm", "GOARM=7")
+	out, err := cmd.Output()
+	require.NoError(t, err, "go list -tags %q %v", tags, args)
+	return strings.Fields(string(out))
+}
+
+// The agent speaks HTTP/1.1 only; built with nethttpomithttp2 it links
+// neither net/http's bundled HTTP/2 (h2_bundle.go) nor what that pulls in.
+// The untagged build is the sanity check that the test can see HTTP/2.
+func TestAgentOmitsHTTP2(t *testing.T) {
+	tests := []struct {
+		name   string
+		tags   string
+		wantH2 bool
+	}{
+		{"untagged build links HTTP/2 (sanity)", "", true},
+		{"agent build with " + agentTag, agentTag, false},
+		{"agent build with " + agentTag + " and notpm", agentTag + ",notpm", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			deps := goList(t, tt.tags, "-deps", ".")
+			var linked []string
+			for _, p := range http2Packages {
+				if slices.Contains(deps, p) {
+					linked = append(linked, p)
+				}
+			}
+			files := goList(t, tt.tags, "-f", "{{join .GoFiles \" \"}}", "net/http")
+			bundled := slices.Contains(files, "h2_bundle.go")
+			if tt.wantH2 {
+				assert.True(t, bundled, "sanity: an untagged net/http has h2_bundle.go")
+				assert.NotEmpty(t, linked, "sanity: an untagged agent links hpack")
+				return
+			}
+			assert.False(t, bundled, "net/http built with %s must not compile h2_bundle.go", tt.tags)
+			assert.Empty(t, linked, "device-agent built with %s must not link HTTP/2 packages", tt.tags)
+		})
+	}
+}
+
+// Every agent build of the Makefile (host and boards) carries agentTag,
+// combined with TAGS; the simulator builds do not need it.
+func TestMakefileAgentBuildsOmitHTTP2(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("SKIP: make is not installed (make deps / apt-get install make)")
+	}
+	tests := []struct {
+		name     string
+		tags     string
+		wantTags string
+	}{
+		{"no TAGS", "", agentTag},
+		{"TAGS=notpm", "notpm", agentTag + ",notpm"},
+		{"TAGS with two tags, space-separated", "notpm foo", agentTag + ",notpm,foo"},
+		{"TAGS with two tags, comma-separated", "notpm,foo", agentTag + ",notpm,foo"},
+	}
+	targets := []string{"build-agent", "build-armv6", "build-armv7", "build-arm64"}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"-s", "-n", "-C", "../..", "TAGS=" + tt.tags}, targets...)
+			out, err := exec.Command("make", args...).CombinedOutput()
+			require.NoError(t, err, "make -n: %s", out)
+			var builds []string
+			for line := range strings.Lines(string(out)) {
+				if strings.Contains(line, " build ") && strings.Contains(line, "./cmd/device-agent") {
+					builds = append(builds, line)
+				}
+			}
+			require.Len(t, builds, len(targets), "one go build per target in:\n%s", out)
+			for _, line := range builds {
+				assert.Contains(t, line, `-tags "`+tt.wantTags+`"`, "agent build must carry the tags")
+			}
+		})
 	}
 }

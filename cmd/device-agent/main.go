@@ -3,7 +3,7 @@
 // requests with that same key, authenticates (through an mTLS ambassador or
 // directly), reports inventory and polls for deployments.
 //
-// Subcommands: daemon, check, show-identity, version. Run
+// Subcommands: daemon, status, check, show-identity, keygen, version. Run
 // `device-agent help` for the flags.
 package main
 
@@ -17,47 +17,71 @@ import (
 	"syscall"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..." (see
+// version.go for commit and date).
 var version = "dev"
 
 const usage = `device-agent: Mender device agent with mTLS client certificates
 
 Usage:
-  device-agent daemon        [--config FILE] [--fallback-config FILE] [--data DIR] [--log-level L]
-  device-agent check         [--config FILE] [--fallback-config FILE] [--data DIR] [--timeout D]
+  device-agent daemon        [--config FILE] [--fallback-config FILE] [--data DIR] [--log-level L] [--log-format F]
+  device-agent status        [--json] [--data DIR] [--config FILE] [--fallback-config FILE]
+  device-agent check         [--config FILE] [--fallback-config FILE] [--data DIR] [--timeout D] [--json]
   device-agent show-identity [--config FILE] [--fallback-config FILE] [--data DIR]
   device-agent keygen        --key handle:0x81000100|PATH --cn NAME --csr OUT [--key-type ecdsa-p256|rsa2048]
                              [--force] [--tpm-device DEV] [--config FILE]
   device-agent version
 
 Commands:
-  daemon         authenticate, send inventory and poll for deployments until SIGINT/SIGTERM
-  check          validate config, key, certificate and identity, then connect and authenticate;
-                 one PASS/FAIL line per check, exit 0 only when all pass
+  daemon         authenticate, send inventory and poll for deployments until SIGINT/SIGTERM;
+                 SIGHUP reloads mender.conf, keys and certificates; one daemon per datastore
+  status         show what the daemon last recorded: running, authenticated, token expiry,
+                 last inventory/poll/error, certificate, deployment offered (exit 1: never ran)
+  check          check config, certificate, key, identity and device type, then connect, TLS
+                 handshake and auth request; one PASS/FAIL/SKIP line per check (--json: one
+                 JSON object), exit 0 only when none fails
   show-identity  print the identity attributes this device authenticates with
   keygen         create the device key in the TPM (handle:0x81…) or a file, and write a CSR
                  signed by it for the factory CA (simulator pki sign-csr)
-  version        print the version
+  version        print the version, commit, build date, Go version and platform
 
 Environment:
   MENDER_CONF_DIR       directory of mender.conf (default /etc/mender)
   MENDER_DATA_DIR       directory of the identity and inventory scripts (default /usr/share/mender)
-  MENDER_DATASTORE_DIR  state directory: generated key, device_type, artifact_name (default /var/lib/mender)
+  MENDER_DATASTORE_DIR  state directory: generated key, device_type, artifact_name, the daemon's
+                        lock and status files (default /var/lib/mender)
+  NOTIFY_SOCKET         set by systemd (Type=notify): the daemon reports READY/RELOADING/STOPPING
+  JOURNAL_STREAM        set by systemd: text logs then start with <N> priorities and carry no time
 
 Run 'device-agent COMMAND --help' for a command's flags.
 `
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	// The daemon reloads on SIGHUP (unhandled, it would kill the process);
+	// other commands keep the default action.
+	var hup chan os.Signal
+	if len(os.Args) > 1 && isDaemonCommand(os.Args[1]) {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+	}
+	code := runWith(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, hup)
 	stop()
 	os.Exit(code)
 }
+
+func isDaemonCommand(name string) bool { return name == "daemon" || name == "run" }
 
 // errUsage marks an error already explained by a usage message (exit 2).
 var errUsage = errors.New("usage")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	return runWith(ctx, args, stdout, stderr, getenv, nil)
+}
+
+// runWith runs the command in args; hup delivers SIGHUP to the daemon (nil:
+// the daemon never reloads).
+func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string, hup <-chan os.Signal) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -65,7 +89,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	var err error
 	switch args[0] {
 	case "daemon", "run":
-		err = cmdDaemon(ctx, args[1:], stderr, getenv)
+		err = cmdDaemon(ctx, args[1:], stderr, getenv, hup)
+	case "status":
+		err = cmdStatus(ctx, args[1:], stdout, stderr, getenv)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdout, stderr, getenv)
 	case "keygen":
@@ -73,8 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "show-identity":
 		err = cmdShowIdentity(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "device-agent %s\n", version)
-		return 0
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "--help", "-h", "-help":
 		fmt.Fprint(stdout, usage)
 		return 0

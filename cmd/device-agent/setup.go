@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/mender-mtls/mtls-agent/internal/client"
 	"github.com/mender-mtls/mtls-agent/internal/config"
@@ -20,7 +21,7 @@ import (
 // commonFlags are the flags every configuration-reading command takes.
 type commonFlags struct {
 	config, fallback, data string
-	logLevel               string
+	logLevel, logFormat    string
 }
 
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
@@ -34,11 +35,35 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, getenv func(string) string) {
+	c.registerPaths(fs, getenv)
+	fs.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn or error (default: DaemonLogLevel from the config, else info)")
+	fs.StringVar(&c.logFormat, "log-format", logFormatText, "log `FORMAT` on stderr: text or json (under systemd, text lines start with the syslog priority and carry no time stamp)")
+}
+
+// registerPaths registers --config, --fallback-config and --data only.
+func (c *commonFlags) registerPaths(fs *flag.FlagSet, getenv func(string) string) {
 	mainPath, fallbackPath := config.DefaultPaths(getenv("MENDER_CONF_DIR"), getenv("MENDER_DATA_DIR"), getenv("MENDER_DATASTORE_DIR"))
 	fs.StringVar(&c.config, "config", mainPath, "main `FILE` (mender.conf); its keys override the fallback file's")
 	fs.StringVar(&c.fallback, "fallback-config", fallbackPath, "fallback `FILE`, read first; \"\" to skip")
-	fs.StringVar(&c.data, "data", getenv("MENDER_DATASTORE_DIR"), "state `DIR` for the generated key, device_type and artifact_name (default $MENDER_DATASTORE_DIR or /var/lib/mender)")
-	fs.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn or error (default: DaemonLogLevel from the config, else info)")
+	fs.StringVar(&c.data, "data", getenv("MENDER_DATASTORE_DIR"), "state `DIR` for the generated key, device_type, artifact_name, the daemon's lock and status files (default $MENDER_DATASTORE_DIR or /var/lib/mender)")
+}
+
+// logSetup returns the logger setup from --log-level (or configLevel, the
+// DaemonLogLevel, when the flag is not set) and --log-format.
+func (c *commonFlags) logSetup(stderr io.Writer, getenv func(string) string, configLevel string) (logSetup, error) {
+	level := c.logLevel
+	if level == "" {
+		level = configLevel
+	}
+	lvl, err := parseLevel(level)
+	if err != nil {
+		return logSetup{}, err
+	}
+	format, err := parseLogFormat(c.logFormat)
+	if err != nil {
+		return logSetup{}, err
+	}
+	return logSetup{level: lvl, format: format, journal: isJournal(stderr, getenv)}, nil
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
@@ -62,29 +87,47 @@ type env struct {
 	scopts identity.Options
 }
 
+// loadEnv loads the configuration and sets up logging, as loadEnvQuiet,
+// and logs the configuration's warnings, also when it is invalid: a warning
+// often explains the error (the unknown key "ServerUrl" next to "ServerURL
+// is not set").
 func loadEnv(c *commonFlags, stderr io.Writer, getenv func(string) string) (*env, error) {
+	e, warnings, err := loadEnvQuiet(c, stderr, getenv)
+	if len(warnings) > 0 {
+		log := slog.New(slog.NewTextHandler(stderr, nil))
+		if e != nil {
+			log = e.log
+		} else if ls, lerr := c.logSetup(stderr, getenv, ""); lerr == nil {
+			log = newLogger(stderr, ls)
+		}
+		for _, w := range warnings {
+			log.Warn(w)
+		}
+	}
+	return e, err
+}
+
+// loadEnvQuiet loads the configuration and sets up logging. It returns the
+// configuration's warnings for the caller to show, also with an error.
+func loadEnvQuiet(c *commonFlags, stderr io.Writer, getenv func(string) string) (*env, []string, error) {
 	cfg, err := config.Load(config.LoadOptions{
 		MainPath:     c.config,
 		FallbackPath: c.fallback,
 		DataDir:      getenv("MENDER_DATA_DIR"),
 		DatastoreDir: c.data,
 	})
+	if le, ok := errors.AsType[*config.LoadError](err); ok {
+		return nil, le.Warnings, err
+	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	level := c.logLevel
-	if level == "" {
-		level = cfg.File.DaemonLogLevel
-	}
-	lvl, err := parseLevel(level)
+	ls, err := c.logSetup(stderr, getenv, cfg.File.DaemonLogLevel)
 	if err != nil {
-		return nil, err
+		return nil, cfg.Warnings, err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	for _, w := range cfg.Warnings {
-		log.Warn(w)
-	}
-	return &env{cfg: cfg, log: log, scopts: identity.Options{DataDir: cfg.DataDir, Logger: log}}, nil
+	log := newLogger(stderr, ls)
+	return &env{cfg: cfg, log: log, scopts: identity.Options{DataDir: cfg.DataDir, Logger: log}}, cfg.Warnings, nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -121,34 +164,22 @@ func (k *keys) Close() {
 func (e *env) openKeys(ctx context.Context) (*keys, error) {
 	cfg := e.cfg
 	k := &keys{}
-	if cfg.CertFile != "" {
-		tk, err := keystore.Open(ctx, cfg.KeyFile, keystore.Options{CertFile: cfg.CertFile, TPMDevice: cfg.TPMDevice, Logger: e.log})
-		if err != nil {
-			return nil, fmt.Errorf("mTLS key (HttpsClient.Key): %w", err)
-		}
+	tk, err := e.openTLSKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if tk != nil {
 		k.tls = tk
 		for _, w := range tk.Warnings() {
 			e.log.Warn(w, "file", cfg.CertFile)
 		}
 	}
-	switch {
-	case k.tls != nil && samePath(cfg.AuthKeyFile, cfg.KeyFile):
-		k.auth = k.tls
-	case cfg.AuthKeyGenerated:
-		ak, gen, err := keystore.OpenOrGenerate(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
-		if err != nil {
-			k.Close()
-			return nil, fmt.Errorf("auth key: %w", err)
-		}
-		k.auth, k.generated = ak, gen
-	default:
-		ak, err := keystore.Open(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
-		if err != nil {
-			k.Close()
-			return nil, fmt.Errorf("auth key (Security.AuthPrivateKey): %w", err)
-		}
-		k.auth = ak
+	ak, gen, err := e.openAuthKey(ctx, k.tls)
+	if err != nil {
+		k.Close()
+		return nil, err
 	}
+	k.auth, k.generated = ak, gen
 	if k.tls != nil && !menderapi.PublicKeysEqual(k.tls.Public(), k.auth.Public()) {
 		e.log.Warn("auth requests are signed with a key other than the mTLS key; an mTLS ambassador will refuse them (set Security.AuthPrivateKey to the HttpsClient.Key file)",
 			"auth_key", k.auth.Fingerprint(), "tls_key", k.tls.Fingerprint())
@@ -156,14 +187,69 @@ func (e *env) openKeys(ctx context.Context) (*keys, error) {
 	return k, nil
 }
 
+// openTLSKey opens the mTLS key (HttpsClient.Key) with its certificate
+// (HttpsClient.Certificate); nil, nil without mTLS.
+func (e *env) openTLSKey(ctx context.Context) (*keystore.Key, error) {
+	cfg := e.cfg
+	if cfg.CertFile == "" {
+		return nil, nil
+	}
+	tk, err := keystore.Open(ctx, cfg.KeyFile, keystore.Options{CertFile: cfg.CertFile, TPMDevice: cfg.TPMDevice, Logger: e.log})
+	if errors.Is(err, keystore.ErrSwapped) {
+		return nil, fmt.Errorf("mTLS key (HttpsClient.Key) and certificate (HttpsClient.Certificate): %w", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mTLS key (HttpsClient.Key): %w", err)
+	}
+	return tk, nil
+}
+
+// openAuthKey opens the key that signs auth requests: tk itself when that
+// is the mTLS key, else Security.AuthPrivateKey, else the generated key
+// (created when missing; the bool reports that).
+func (e *env) openAuthKey(ctx context.Context, tk *keystore.Key) (*keystore.Key, bool, error) {
+	cfg := e.cfg
+	switch {
+	case tk != nil && samePath(cfg.AuthKeyFile, cfg.KeyFile):
+		return tk, false, nil
+	case cfg.AuthKeyGenerated:
+		ak, gen, err := keystore.OpenOrGenerate(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
+		if err != nil {
+			return nil, false, fmt.Errorf("auth key: %w", err)
+		}
+		return ak, gen, nil
+	}
+	ak, err := keystore.Open(ctx, cfg.AuthKeyFile, keystore.Options{TPMDevice: cfg.TPMDevice, Logger: e.log})
+	if err != nil {
+		return nil, false, fmt.Errorf("auth key (Security.AuthPrivateKey): %w", err)
+	}
+	return ak, false, nil
+}
+
 func samePath(a, b string) bool {
 	return a == b || filepath.Clean(a) == filepath.Clean(b)
 }
 
+// identityFunc collects the identity at each authentication and logs its
+// warnings (a random or down interface for the MAC fallback) when they
+// differ from the ones logged last, not at every re-authentication.
 func (e *env) identityFunc() func(context.Context) (menderapi.Attributes, error) {
+	var mu sync.Mutex
+	var logged string
 	return func(ctx context.Context) (menderapi.Attributes, error) {
-		a, err := identity.Collect(ctx, e.scopts)
-		return menderapi.Attributes(a), err
+		res, err := identity.Identify(ctx, e.scopts)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if w := strings.Join(res.Warnings, "\n"); w != logged {
+			logged = w
+			for _, w := range res.Warnings {
+				e.log.Warn(w)
+			}
+		}
+		return menderapi.Attributes(res.Attributes), nil
 	}
 }
 
@@ -188,15 +274,24 @@ func (e *env) clientOptions(k *keys) (client.Options, error) {
 	if err != nil {
 		return client.Options{}, err
 	}
+	opts := e.baseClientOptions(k)
+	opts.DeviceType, opts.ArtifactName = deviceType, artifact
+	return opts, nil
+}
+
+// baseClientOptions maps the configuration to client options without
+// reading the device_type and artifact_name files.
+func (e *env) baseClientOptions(k *keys) client.Options {
+	cfg := e.cfg
 	opts := client.Options{
 		Servers:               cfg.Servers,
 		AuthKey:               k.auth,
 		TenantToken:           cfg.TenantToken,
+		DeviceTier:            cfg.DeviceTier,
 		Identity:              e.identityFunc(),
 		Inventory:             e.inventoryFunc(),
-		DeviceType:            deviceType,
-		ArtifactName:          artifact,
 		ClientVersion:         "device-agent " + version,
+		UserAgent:             client.UserAgent(version),
 		ServerCertificate:     cfg.ServerCertificate,
 		SkipVerify:            cfg.SkipVerify,
 		UpdatePollInterval:    cfg.UpdatePollInterval,
@@ -207,5 +302,5 @@ func (e *env) clientOptions(k *keys) (client.Options, error) {
 	if k.tls != nil {
 		opts.TLSCredential = k.tls
 	}
-	return opts, nil
+	return opts
 }

@@ -54,7 +54,7 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	fs := newFlagSet("ambassador", "Run the mTLS ambassador in front of a Mender server: it requires a device certificate signed by\n"+
 		"a known CA, checks that the certificate's key signed the auth request, preauthorizes the device\n"+
 		"through the management API and forwards /api/devices/* unchanged.\n"+
-		"Every flag also reads the MTLS_* variable of Mender's mtls-ambassador named in its help.", stderr)
+		"Every flag also reads the MTLS_* variable of Mender's mtls-ambassador named in its help.", stdout, stderr)
 	fs.StringVar(&f.backend, "backend", getenv("MTLS_MENDER_BACKEND"), "upstream Mender server `URL` (MTLS_MENDER_BACKEND; required)")
 	fs.StringVar(&f.user, "user", getenv("MTLS_MENDER_USER"), "management user `EMAIL` (MTLS_MENDER_USER; required)")
 	fs.StringVar(&f.password, "password", getenv("MTLS_MENDER_PASS"), "management `PASSWORD` (MTLS_MENDER_PASS; required; prefer the variable to the flag)")
@@ -69,13 +69,13 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	fs.StringVar(&f.upstreamCA, "upstream-ca", getenv("MTLS_MENDER_CERT"), "extra CA `FILE` for the upstream's certificate (MTLS_MENDER_CERT)")
 	fs.StringVar(&f.blacklist, "blacklist", getenv("MTLS_BLACKLIST_PATH"), "`FILE` of revoked serials, one hex serial a line (MTLS_BLACKLIST_PATH), reloaded when it changes")
 	fs.StringVar(&f.tlsMin, "tls-min", envOr(getenv, "MTLS_HTTPS_TLS_VERSION_MIN", "1.2"), "minimum TLS `VERSION`: 1.2 or 1.3 (MTLS_HTTPS_TLS_VERSION_MIN)")
-	fs.Var(&f.bind, "bind-identity", "require identity attribute = certificate field, e.g. mac=CN (fields: CN, serial, SAN-DNS, OU; repeatable);\n"+
+	fs.Var(&f.bind, "bind-identity", "require identity attribute = certificate field (`ATTR=FIELD`), e.g. mac=CN (fields: CN, serial, SAN-DNS, OU; repeatable);\n"+
 		"then a bound attribute must be one string, other identity keys are refused unless in --identity-keys,\n"+
 		"and each certificate may register one identity")
 	fs.StringVar(&f.identityKeys, "identity-keys", "", "comma-separated identity `KEYS` allowed besides the bound ones (default: none with\n"+
 		"--bind-identity, any without it)")
 	fs.IntVar(&f.newIdentitiesPerHour, "new-identities-per-hour", ambassador.DefaultNewIdentitiesPerHour,
-		"without --bind-identity: new identities one certificate may introduce per hour (429 beyond; -1 = no limit)")
+		"without --bind-identity: `N` new identities one certificate may introduce per hour (429 beyond; -1 = no limit)")
 	fs.BoolVar(&f.separateAuthKey, "allow-separate-auth-key", envBool(getenv, "MTLS_ALLOW_SEPARATE_AUTH_KEY"),
 		"accept auth requests signed by a key other than the certificate's, as Mender gateway 2.x does\n"+
 			"(MTLS_ALLOW_SEPARATE_AUTH_KEY); weaker: see the README's security section")

@@ -37,25 +37,29 @@ const (
 	demoSlice = 0.1
 )
 
-const demoSynopsis = `The first thing to run: a fake Mender backend, the mTLS ambassador in front of it, a fresh PKI,
---count virtual devices with their own certificates and one real device-agent process (taken from
-next to this binary, when there) for --duration, with live progress. Halfway through, the backend
-deploys an artifact to a tenth of the fleet (a tenth of those report failure, with a log), so the
-report shows the whole device life cycle. At the end (or on Ctrl-C) the summary is printed and the
-JSON and HTML reports are written (to the current directory by default).`
+const demoSynopsis = `The first thing to run ('make run'): a fake Mender backend, the mTLS ambassador in front of it, a
+fresh PKI, --count virtual devices with their own certificates and one real device-agent process
+(taken from next to this binary, when there) for --duration, with live progress. Halfway through,
+the backend deploys an artifact to a tenth of the fleet, and a tenth of those devices report
+failure on purpose, with a log, so the report shows the whole device life cycle. At the end (or
+on Ctrl-C) the summary is printed and the JSON and HTML reports are written, to ./simulator-demo/
+by default. The PKI and the server and agent logs live in a temporary work directory that is
+removed at the end unless --keep (or the device-agent failed).`
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		count    int
 		duration time.Duration
 		keyType  string
+		keep     bool
 		out      reportFlags
 	)
-	fs := newFlagSet("demo", demoSynopsis, stderr)
-	fs.IntVar(&count, "count", 1000, "number of virtual devices")
-	fs.DurationVar(&duration, "duration", 60*time.Second, "run time (Ctrl-C stops earlier and still reports)")
-	fs.StringVar(&keyType, "key-type", string(pki.ECDSAP256), "device key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
-	out.register(fs, "simulator-report.json", "simulator-report.html")
+	fs := newFlagSet("demo", demoSynopsis, stdout, stderr)
+	fs.IntVar(&count, "count", 1000, "`N` virtual devices")
+	fs.DurationVar(&duration, "duration", 60*time.Second, "run time, a `DURATION` (Ctrl-C stops earlier and still reports)")
+	fs.StringVar(&keyType, "key-type", string(pki.ECDSAP256), "device "+keyTypeUsage)
+	fs.BoolVar(&keep, "keep", false, "keep the work directory (PKI, server and agent logs) instead of removing it at the end")
+	out.register(fs, filepath.Join(demoReportDir, "report.json"), filepath.Join(demoReportDir, "report.html"))
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -71,6 +75,12 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("demo: work directory: %w", err)
 	}
+	agentOK := true
+	defer func() {
+		if !keep && agentOK {
+			_ = os.RemoveAll(work) // best effort: a temporary directory
+		}
+	}()
 	logFile, err := os.Create(filepath.Join(work, "servers.log"))
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -89,7 +99,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		env.wait()
 	}()
 	fmt.Fprintf(stdout, "simulator demo: fake Mender backend behind the mTLS ambassador at %s\n", env.url)
-	fmt.Fprintf(stdout, "  work directory: %s (PKI, server and agent logs)\n", work)
+	fmt.Fprintf(stdout, "  work directory: %s (PKI, server and agent logs; %s)\n", work,
+		map[bool]string{true: "kept (--keep)", false: "removed at the end unless --keep"}[keep])
 
 	poll := min(max(duration/12, time.Second), 10*time.Second)
 	start := time.Now()
@@ -117,13 +128,23 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		stopDeploy()
 		wg.Wait()
 		dep.summary(w, env.backend)
-		agent.stopAndSummarize(w, env.backend)
-		fmt.Fprintf(w, "work directory: %s\n", work)
+		agentOK = agent.stopAndSummarize(w, env.backend, keep)
+		switch {
+		case keep:
+			fmt.Fprintf(w, "work directory kept: %s\n", work)
+		case !agentOK:
+			fmt.Fprintf(w, "work directory kept, since the device-agent failed: %s\n", work)
+		default:
+			fmt.Fprintf(w, "work directory removed (--keep keeps the PKI and the server and agent logs)\n")
+		}
 	})
 	stopDeploy()
 	wg.Wait()
 	return err
 }
+
+// demoReportDir is where the demo writes its reports by default.
+const demoReportDir = "simulator-demo"
 
 // lockedWriter serialises writes from the progress line and other messages.
 type lockedWriter struct {
@@ -308,6 +329,8 @@ func (d *demoDeployment) summary(w io.Writer, backend *fakemender.Server) {
 		parts = append(parts, fmt.Sprintf("%d %s", n, st))
 	}
 	fmt.Fprintf(w, "deployment: %s to %d devices on the backend: %s\n", demoArtifact, len(d.targets), strings.Join(parts, ", "))
+	fmt.Fprintf(w, "            the demo makes %.0f %% of deployments fail on purpose (each with a log upload), to show failure reports\n",
+		demoFailRate*100)
 }
 
 // demoAgent is the real device-agent process, when there is one.
@@ -415,23 +438,34 @@ func writeAgentFiles(dir string, env *demoServers, poll time.Duration) error {
 }
 
 // stopAndSummarize stops the agent and prints whether the backend
-// accepted it and got its inventory.
-func (a *demoAgent) stopAndSummarize(w io.Writer, backend *fakemender.Server) {
+// accepted it and got its inventory. It reports false when the agent ran
+// but was not accepted (its log then matters); the log path is printed
+// only when the work directory stays (keep, or that failure).
+func (a *demoAgent) stopAndSummarize(w io.Writer, backend *fakemender.Server, keep bool) bool {
 	if a.cmd == nil {
 		fmt.Fprintf(w, "device-agent: not run: %s\n", a.missing)
-		return
+		return true
 	}
 	a.cancel()
 	_ = a.cmd.Wait() // interrupted on purpose; its log tells how it ended
+	logRef := ""
+	if keep {
+		logRef = "; log " + a.logPath
+	}
 	for _, dev := range backend.Devices() {
 		if mac, _ := dev.IdentityData["mac"].(string); mac == demoAgentMAC {
 			inv := "no inventory yet"
 			if attrs := backend.Inventory(dev.ID); len(attrs) > 0 {
 				inv = fmt.Sprintf("inventory with %d attributes", len(attrs))
 			}
-			fmt.Fprintf(w, "device-agent: %s by the backend (device %s), %s; log %s\n", dev.Status, dev.ID, inv, a.logPath)
-			return
+			ok := dev.Status == "accepted"
+			if !ok {
+				logRef = "; log " + a.logPath
+			}
+			fmt.Fprintf(w, "device-agent: %s by the backend (device %s), %s%s\n", dev.Status, dev.ID, inv, logRef)
+			return ok
 		}
 	}
 	fmt.Fprintf(w, "device-agent: never reached the backend; see its log %s\n", a.logPath)
+	return false
 }

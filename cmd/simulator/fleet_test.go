@@ -161,7 +161,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{"bad shard", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--shard", "2/2"}, "--shard"},
 		{"bad key type", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--key-type", "dsa"}, "--key-type"},
 		{"prefix too long", []string{"--server", "https://x", "--count", "300", "--pki-dir", dir, "--mac-prefix", "02:00:00:00:00"}, "room for 256"},
-		{"fail rate", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--fail-rate", "2"}, "--fail-rate"},
+		{"deployment fail rate", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--deployment-fail-rate", "2"}, "--deployment-fail-rate 2"},
+		{"old fail-rate name", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--fail-rate", "0.1"}, "renamed --deployment-fail-rate"},
 		{"attribute", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--inventory-attr", "novalue"}, "--inventory-attr"},
 		{"zero poll", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--poll", "0s"}, "--poll"},
 		{"no CA in the pki dir", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir}, "simulator pki init"},
@@ -276,14 +277,16 @@ func TestDemoCtrlCStillReports(t *testing.T) {
 }
 
 func TestShowProgress(t *testing.T) {
-	get := func() fleet.Progress { return fleet.Progress{Devices: 3, Accepted: 2, Elapsed: time.Second} }
+	get := func() fleet.Progress {
+		return fleet.Progress{Devices: 3, Started: 3, Accepted: 2, Elapsed: time.Second}
+	}
 	tests := []struct {
 		name       string
 		tty        bool
 		wantPrefix string
 	}{
 		{"terminal: one line refreshed with \\r", true, "\r"},
-		{"pipe: plain lines", false, "   1.0s  accepted 2/3"},
+		{"pipe: plain lines", false, "00:01  accepted 2/3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -297,4 +300,39 @@ func TestShowProgress(t *testing.T) {
 		})
 	}
 	assert.False(t, isTerminal(&bytes.Buffer{}))
+}
+
+// The demo (make run) writes its reports to ./simulator-demo/, explains
+// the deliberate deployment failures, shows elapsed/total time, and
+// removes its work directory unless --keep.
+func TestDemoDefaultsAndKeep(t *testing.T) {
+	tmp := t.TempDir()
+	t.Chdir(tmp)
+	for _, keep := range []bool{false, true} {
+		args := []string{"--count", "10", "--duration", "4s"}
+		if keep {
+			args = append(args, "--keep")
+		}
+		var out, errb syncBuffer
+		require.NoError(t, cmdDemo(t.Context(), args, &out, &errb), errb.String())
+		stdout := out.String()
+		assert.FileExists(t, filepath.Join(tmp, "simulator-demo", "report.json"))
+		assert.FileExists(t, filepath.Join(tmp, "simulator-demo", "report.html"))
+		assert.Contains(t, stdout, "JSON report: "+filepath.Join(tmp, "simulator-demo", "report.json"))
+		assert.Contains(t, stdout, "/00:04", "the progress shows the total time")
+		assert.Contains(t, stdout, "measured with 10 devices")
+		assert.Contains(t, stdout, "fail on purpose")
+		_, rest, ok := strings.Cut(stdout, "work directory: ")
+		require.True(t, ok, stdout)
+		work, _, _ := strings.Cut(rest, " ")
+		require.True(t, filepath.IsAbs(work), work)
+		if keep {
+			assert.DirExists(t, work, "--keep keeps the work directory")
+			assert.Contains(t, stdout, "work directory kept: "+work)
+			require.NoError(t, os.RemoveAll(work))
+		} else {
+			assert.NoDirExists(t, work, "the work directory is removed")
+			assert.Contains(t, stdout, "work directory removed (--keep keeps")
+		}
+	}
 }

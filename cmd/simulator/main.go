@@ -7,11 +7,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -21,25 +21,26 @@ var version = "dev"
 const usage = `simulator: fake Mender backend, test mTLS ambassador and device PKI
 
 Usage:
-  simulator serve [--dir DIR] [--listen ADDR] [--auto-accept] [--mtls] [--user U --password P] [flags]
-  simulator pki init|server|device|sign-csr|revoke --dir DIR [flags]
-  simulator ambassador --backend URL --user U [--ca FILE] [--server-cert FILE --server-key FILE] [flags]
-  simulator run --server URL --pki-dir DIR --count N [--ramp D] [--duration D] [--report F] [--html F] [flags]
-  simulator demo [--count 1000] [--duration 60s] [--report F] [--html F] [--metrics ADDR]
-  simulator report merge A.json B.json ... --out ALL.json [--html F]
+  simulator serve [--dir DIR] [--listen ADDR] [--auto-accept] [--mtls] [--user EMAIL --password PASSWORD] [flags]
+  simulator pki init|server|device|sign-csr|revoke|list --dir DIR [flags]
+  simulator ambassador --backend URL --user EMAIL [--ca FILE] [--server-cert FILE --server-key FILE] [flags]
+  simulator run --server URL --pki-dir DIR --count N [--ramp DURATION] [--duration DURATION] [--report FILE] [flags]
+  simulator demo [--count N] [--duration DURATION] [--keep] [--report FILE] [--html FILE] [--metrics ADDR]
+  simulator report merge A.json B.json ... --out ALL.json [--html FILE]
   simulator version
 
 Commands:
   serve       run the fake Mender backend over HTTPS until Ctrl-C; with --mtls, behind the
               test mTLS ambassador
-  pki         the PKI steps of Mender's mTLS guide: CA, server and device certificates, CSRs, revocation
+  pki         the PKI steps of Mender's mTLS guide: CA, server and device certificates, CSRs,
+              revocation, the list of what was issued
   ambassador  run the mTLS ambassador in front of any Mender server (MTLS_* variables honoured)
   run         drive N virtual devices, each with its own key and certificate, through the real protocol
   demo        the first command to try: backend, ambassador, fresh PKI, a fleet and one real device-agent
   report      merge shard reports
   version     print the version
 
-Run 'simulator COMMAND --help' for a command's flags.
+Run 'simulator COMMAND --help' (or 'simulator help COMMAND') for a command's flags.
 `
 
 func main() {
@@ -71,9 +72,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "ambassador":
 		err = cmdAmbassador(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "simulator %s\n", version)
-		return 0
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "--help", "-h", "-help":
+		if len(args) > 1 && args[1] != "help" && !strings.HasPrefix(args[1], "-") {
+			return run(ctx, append(args[1:len(args):len(args)], "--help"), stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
@@ -81,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, errHelp):
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
@@ -91,24 +94,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: simulator %s [flags]\n\n%s\n\nFlags:\n", name, synopsis)
-		fs.PrintDefaults()
+// cmdVersion prints the version.
+func cmdVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("version", "Print the version of this simulator.", stdout, stderr)
+	fs.usage = "simulator version"
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	return fs
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(fs.Output(), "simulator %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return errUsage
-	}
+	fmt.Fprintf(stdout, "simulator %s\n", version)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
@@ -28,8 +29,11 @@ Commands:
   device    issue a device key and certificate: OUTDIR/mender-cert.pem, OUTDIR/mender-cert-private.pem,
             OUTDIR/mender.conf.fragment
   sign-csr  sign a device CSR (the key stays on the device, e.g. in a TPM)
-  revoke    add a serial to DIR/blacklist and rewrite DIR/crl.pem
+  revoke    add a serial this CA issued to DIR/blacklist and rewrite DIR/crl.pem
+  list      show the certificates this CA issued and their state (valid, expired, revoked)
 
+A CA made with the openssl commands of Mender's mTLS guide works too: DIR/ca.crt with
+DIR/ca-private.key. Every signing command records what it issued in DIR/issued.json.
 Existing files are never overwritten without --force. Run 'simulator pki COMMAND --help' for flags.
 `
 
@@ -51,7 +55,9 @@ func cmdPKI(args []string, stdout, stderr io.Writer) error {
 		return pkiSignCSR(args[1:], stdout, stderr)
 	case "revoke":
 		return pkiRevoke(args[1:], stdout, stderr)
-	case "help", "--help", "-h":
+	case "list":
+		return pkiList(args[1:], stdout, stderr)
+	case "help", "--help", "-h", "-help":
 		fmt.Fprint(stdout, pkiUsage)
 		return nil
 	}
@@ -59,9 +65,9 @@ func cmdPKI(args []string, stdout, stderr io.Writer) error {
 	return errUsage
 }
 
-func caPaths(dir string) (string, string) {
-	return filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-}
+// caPaths returns the CA certificate and key of dir: ca.crt with ca.key,
+// or with ca-private.key (Mender's mTLS guide) when only that exists.
+func caPaths(dir string) (string, string) { return pki.CAFiles(dir) }
 
 func loadCA(dir string) (*pki.CA, error) {
 	crt, key := caPaths(dir)
@@ -72,6 +78,9 @@ func loadCA(dir string) (*pki.CA, error) {
 	return ca, nil
 }
 
+// keyTypeUsage is the help of every --key-type flag.
+const keyTypeUsage = "key `TYPE`: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072"
+
 func keyTypeFlag(s string) (pki.KeyType, error) {
 	kt, err := pki.ParseKeyType(s)
 	if err != nil {
@@ -81,9 +90,9 @@ func keyTypeFlag(s string) (pki.KeyType, error) {
 }
 
 func pkiInit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("pki init", "Create a CA in DIR: ca.crt and ca.key (0600).", stderr)
+	fs := newFlagSet("pki init", "Create a CA in DIR: ca.crt and ca.key (0600).", stdout, stderr)
 	dir := fs.String("dir", "", "`DIR` for ca.crt and ca.key (required)")
-	kt := fs.String("key-type", "ecdsa-p256", "CA key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
+	kt := fs.String("key-type", "ecdsa-p256", "CA "+keyTypeUsage)
 	days := fs.Int("days", 3650, "validity in `DAYS`")
 	cn := fs.String("cn", "Mender mTLS device CA", "CA common `NAME`")
 	force := fs.Bool("force", false, "overwrite existing files")
@@ -107,7 +116,7 @@ func pkiInit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	crt, key := caPaths(*dir)
+	crt, key := absPath(filepath.Join(*dir, pki.CACertName)), absPath(filepath.Join(*dir, pki.CAKeyName))
 	if err := ca.Save(crt, key, *force); err != nil {
 		return err
 	}
@@ -130,12 +139,12 @@ func (l *listFlag) Set(v string) error {
 }
 
 func pkiServer(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("pki server", "Issue the server (ambassador) certificate: DIR/server.crt and DIR/server.key.", stderr)
+	fs := newFlagSet("pki server", "Issue the server (ambassador) certificate: DIR/server.crt and DIR/server.key.", stdout, stderr)
 	dir := fs.String("dir", "", "CA `DIR` (from pki init); the certificate is written there (required)")
 	var dns, ips listFlag
 	fs.Var(&dns, "dns", "DNS `NAME`s the certificate covers (repeatable or comma-separated; required)")
 	fs.Var(&ips, "ip", "`IP` addresses the certificate covers (repeatable or comma-separated)")
-	kt := fs.String("key-type", "ecdsa-p256", "key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
+	kt := fs.String("key-type", "ecdsa-p256", keyTypeUsage)
 	days := fs.Int("days", 730, "validity in `DAYS`")
 	force := fs.Bool("force", false, "overwrite existing files")
 	if err := parseFlags(fs, args); err != nil {
@@ -163,7 +172,7 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	crtPath, keyPath := filepath.Join(*dir, "server.crt"), filepath.Join(*dir, "server.key")
+	crtPath, keyPath := absPath(filepath.Join(*dir, "server.crt")), absPath(filepath.Join(*dir, "server.key"))
 	if err := refuseExisting(*force, crtPath, keyPath); err != nil {
 		return err
 	}
@@ -178,19 +187,26 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	if err := writeKeyAndCert(keyPath, crtPath, key, cert); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "server certificate for %s valid until %s\n  certificate: %s\n  key:         %s\n",
-		strings.Join(append(dns, ips...), ", "), cert.NotAfter.UTC().Format(time.DateOnly), crtPath, keyPath)
+	if err := pki.RecordIssued(*dir, ca, pki.KindServer, crtPath, cert); err != nil {
+		return err
+	}
+	// A certificate serve made is marked so; this one is not serve's to replace.
+	if err := os.Remove(filepath.Join(*dir, pki.ServerCertMarkerName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	fmt.Fprintf(stdout, "server certificate for %s, serial %s, valid until %s\n  certificate: %s\n  key:         %s\n",
+		strings.Join(append(dns, ips...), ", "), pki.FormatSerial(cert.SerialNumber), cert.NotAfter.UTC().Format(time.DateOnly), crtPath, keyPath)
 	return nil
 }
 
 func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("pki device", "Issue a device key and certificate signed by the CA in --dir.\n"+
 		"Writes OUTDIR/mender-cert.pem, OUTDIR/mender-cert-private.pem (0600) and OUTDIR/mender.conf.fragment\n"+
-		"(the HttpsClient and Security.AuthPrivateKey keys pointing at --device-path).", stderr)
+		"(the HttpsClient and Security.AuthPrivateKey keys pointing at --device-path).", stdout, stderr)
 	dir := fs.String("dir", "", "CA `DIR` (from pki init) (required)")
 	cn := fs.String("cn", "", "device common `NAME`, e.g. its serial number (required)")
 	out := fs.String("out", "", "output `DIR` (required)")
-	kt := fs.String("key-type", "ecdsa-p256", "key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
+	kt := fs.String("key-type", "ecdsa-p256", keyTypeUsage)
 	days := fs.Int("days", 3650, "validity in `DAYS` (factory certificates are long-lived; revoke with pki revoke)")
 	devPath := fs.String("device-path", "/data/mender", "`DIR` where the files live on the device, used in the config fragment")
 	force := fs.Bool("force", false, "overwrite existing files")
@@ -211,9 +227,9 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	crtPath := filepath.Join(*out, "mender-cert.pem")
-	keyPath := filepath.Join(*out, "mender-cert-private.pem")
-	fragPath := filepath.Join(*out, "mender.conf.fragment")
+	crtPath := absPath(filepath.Join(*out, "mender-cert.pem"))
+	keyPath := absPath(filepath.Join(*out, "mender-cert-private.pem"))
+	fragPath := absPath(filepath.Join(*out, "mender.conf.fragment"))
 	if err := refuseExisting(*force, crtPath, keyPath, fragPath); err != nil {
 		return err
 	}
@@ -228,6 +244,9 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := writeKeyAndCert(keyPath, crtPath, key, cert); err != nil {
 		return err
 	}
+	if err := pki.RecordIssued(*dir, ca, pki.KindDevice, crtPath, cert); err != nil {
+		return err
+	}
 	devCert := filepath.Join(*devPath, "mender-cert.pem")
 	devKey := filepath.Join(*devPath, "mender-cert-private.pem")
 	frag := map[string]any{
@@ -238,13 +257,13 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := atomicfile.Write(fragPath, append(js, '\n'), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "device %q (%s), serial %x, valid until %s\n  certificate: %s\n  key:         %s\n  config:      %s\n",
-		*cn, t, cert.SerialNumber, cert.NotAfter.UTC().Format(time.DateOnly), crtPath, keyPath, fragPath)
+	fmt.Fprintf(stdout, "device %q (%s), serial %s, valid until %s\n  certificate: %s\n  key:         %s\n  config:      %s\n",
+		*cn, t, pki.FormatSerial(cert.SerialNumber), cert.NotAfter.UTC().Format(time.DateOnly), crtPath, keyPath, fragPath)
 	return nil
 }
 
 func pkiSignCSR(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("pki sign-csr", "Sign a device CSR with the CA in --dir after checking the CSR's signature.", stderr)
+	fs := newFlagSet("pki sign-csr", "Sign a device CSR with the CA in --dir after checking the CSR's signature.", stdout, stderr)
 	dir := fs.String("dir", "", "CA `DIR` (required)")
 	csrPath := fs.String("csr", "", "CSR `FILE` (PEM) (required)")
 	out := fs.String("out", "", "certificate `FILE` to write (required)")
@@ -279,30 +298,50 @@ func pkiSignCSR(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", *csrPath, err)
 	}
-	if err := atomicfile.Write(*out, pki.EncodeCertsPEM(cert), 0o644); err != nil {
+	outPath := absPath(*out)
+	if err := atomicfile.Write(outPath, pki.EncodeCertsPEM(cert), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "signed %s, serial %x, valid until %s\n  certificate: %s\n",
-		cert.Subject, cert.SerialNumber, cert.NotAfter.UTC().Format(time.DateOnly), *out)
+	if err := pki.RecordIssued(*dir, ca, pki.KindDevice, outPath, cert); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "signed %s, serial %s, valid until %s\n  certificate: %s\n",
+		cert.Subject, pki.FormatSerial(cert.SerialNumber), cert.NotAfter.UTC().Format(time.DateOnly), outPath)
 	return nil
 }
 
 func pkiRevoke(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("pki revoke", "Revoke a certificate: add its serial to DIR/blacklist (one hex serial a line, the\n"+
-		"format of Mender's MTLS_BLACKLIST_PATH) and rewrite DIR/crl.pem signed by the CA.", stderr)
+	fs := newFlagSet("pki revoke", "Revoke a certificate this CA issued: add its serial to DIR/blacklist (one hex serial a line,\n"+
+		"the format of Mender's MTLS_BLACKLIST_PATH) and rewrite DIR/crl.pem signed by the CA. A serial that\n"+
+		"is not in DIR/issued.json (see 'simulator pki list') is refused unless --force: a typo would\n"+
+		"otherwise revoke nothing and look done.", stdout, stderr)
 	dir := fs.String("dir", "", "CA `DIR` (required)")
-	serial := fs.String("serial", "", "certificate serial in `HEX` (required)")
+	serial := fs.String("serial", "", "certificate serial in `HEX`, as 'simulator pki list' or 'openssl x509 -serial' print it (required)")
+	force := fs.Bool("force", false, "revoke a serial this CA's index does not list (e.g. a certificate signed with openssl)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := requireFlags(fs, "dir", *dir, "serial", *serial); err != nil {
 		return err
 	}
+	n, err := pki.ParseSerial(*serial)
+	if err != nil {
+		return fmt.Errorf("--serial: %w", err)
+	}
 	ca, err := loadCA(*dir)
 	if err != nil {
 		return err
 	}
-	res, err := pki.Revoke(ca, filepath.Join(*dir, "blacklist"), filepath.Join(*dir, "crl.pem"), *serial)
+	issued, err := pki.ReadIssued(*dir)
+	if err != nil {
+		return err
+	}
+	entry, known := pki.FindIssued(issued, ca, n)
+	if !known && !*force {
+		return fmt.Errorf("pki revoke: serial %s was not issued by the CA in %s (%s does not list it): check the serial with 'simulator pki list --dir %s', or add --force to revoke it anyway (e.g. a certificate signed with openssl)",
+			pki.FormatSerial(n), *dir, absPath(filepath.Join(*dir, pki.IssuedIndexName)), *dir)
+	}
+	res, err := pki.Revoke(ca, absPath(filepath.Join(*dir, "blacklist")), absPath(filepath.Join(*dir, "crl.pem")), *serial)
 	if err != nil {
 		return err
 	}
@@ -310,8 +349,68 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 	if !res.Added {
 		state = "already revoked"
 	}
-	fmt.Fprintf(stdout, "serial %s %s; %d serial(s) in %s; CRL #%d written to %s\n",
-		res.Serial, state, res.Count, res.BlacklistPath, res.CRLNumber, res.CRLPath)
+	what := "(not in this CA's index; --force)"
+	if known {
+		what = "(" + entry.Subject + ")"
+	}
+	fmt.Fprintf(stdout, "serial %s %s %s; %d serial(s) in %s\n", res.Serial, what, state, res.Count, res.BlacklistPath)
+	if res.NoCRL != "" {
+		fmt.Fprintf(stdout, "no CRL written: %s\n", res.NoCRL)
+	} else {
+		fmt.Fprintf(stdout, "CRL #%d written to %s\n", res.CRLNumber, res.CRLPath)
+	}
+	return nil
+}
+
+func pkiList(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("pki list", "List the certificates the CA in --dir issued (DIR/issued.json, written by pki server, pki device,\n"+
+		"pki sign-csr and serve) with their state: revoked (in DIR/blacklist), expired or valid.", stdout, stderr)
+	dir := fs.String("dir", "", "CA `DIR` (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireFlag(fs, "dir", *dir); err != nil {
+		return err
+	}
+	ca, err := loadCA(*dir)
+	if err != nil {
+		return err
+	}
+	all, err := pki.ReadIssued(*dir)
+	if err != nil {
+		return err
+	}
+	revoked, err := pki.ReadBlacklist(filepath.Join(*dir, "blacklist"))
+	if err != nil {
+		return err
+	}
+	isRevoked := map[string]bool{}
+	for _, n := range revoked {
+		isRevoked[pki.FormatSerial(n)] = true
+	}
+	mine := pki.IssuedBy(all, ca)
+	fmt.Fprintf(stdout, "CA %q (%s): %d certificate(s) issued\n", ca.Cert.Subject.CommonName, absPath(filepath.Join(*dir, pki.IssuedIndexName)), len(mine))
+	if len(mine) > 0 {
+		now := time.Now()
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERIAL\tSTATE\tNOT AFTER\tKIND\tSUBJECT")
+		for _, e := range mine {
+			state := "valid"
+			switch {
+			case isRevoked[e.Serial]:
+				state = "revoked"
+			case now.After(e.NotAfter):
+				state = "expired"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Serial, state, e.NotAfter.UTC().Format(time.DateOnly), e.Kind, e.Subject)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if other := len(all) - len(mine); other > 0 {
+		fmt.Fprintf(stdout, "(%d entries of an earlier CA in this directory not shown)\n", other)
+	}
 	return nil
 }
 

@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
+	"github.com/mender-mtls/mtls-agent/internal/pki/pkitest"
 )
 
 func sim(t *testing.T, args ...string) (string, string, int) {
@@ -218,4 +220,120 @@ func TestAmbassadorIdentityFlags(t *testing.T) {
 	require.Error(t, err, "the files do not exist")
 	assert.Contains(t, errb.String(), "auth keys that differ from the certificate key are accepted",
 		"MTLS_ALLOW_SEPARATE_AUTH_KEY is honoured and the trade-off is logged")
+}
+
+// Every signing command records what it issued; pki list shows it with
+// its state; pki revoke refuses a serial the CA never issued unless
+// --force.
+func TestPKIIssuedIndexListAndRevoke(t *testing.T) {
+	dir := t.TempDir()
+	_, stderr, code := sim(t, "pki", "init", "--dir", dir)
+	require.Equal(t, 0, code, stderr)
+	stdout, stderr, code := sim(t, "pki", "server", "--dir", dir, "--dns", "mender.local")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, filepath.Join(dir, "server.crt"), "absolute paths")
+	srv := readCert(t, filepath.Join(dir, "server.crt"))
+	out := filepath.Join(t.TempDir(), "dev")
+	_, stderr, code = sim(t, "pki", "device", "--dir", dir, "--cn", "dev-1", "--out", out)
+	require.Equal(t, 0, code, stderr)
+	dev := readCert(t, filepath.Join(out, "mender-cert.pem"))
+	key, err := pki.GenerateKey(pki.ECDSAP256)
+	require.NoError(t, err)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "tpm-dev"}}, key)
+	require.NoError(t, err)
+	csrPath := filepath.Join(t.TempDir(), "dev.csr")
+	require.NoError(t, os.WriteFile(csrPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644))
+	signed := filepath.Join(t.TempDir(), "tpm.crt")
+	_, stderr, code = sim(t, "pki", "sign-csr", "--dir", dir, "--csr", csrPath, "--out", signed)
+	require.Equal(t, 0, code, stderr)
+	tpm := readCert(t, signed)
+
+	// An expired device, issued through the library and recorded as the commands do.
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	require.NoError(t, err)
+	old, err := ca.Issue(key.Public(), pki.LeafOptions{CN: "old-dev", NotBefore: time.Now().Add(-48 * time.Hour), Validity: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, pki.RecordIssued(dir, ca, pki.KindDevice, "", old))
+
+	_, stderr, code = sim(t, "pki", "revoke", "--dir", dir, "--serial", "deadbeef")
+	assert.Equal(t, 1, code, "a serial this CA never issued is refused")
+	assert.Contains(t, stderr, "serial deadbeef was not issued by the CA")
+	assert.Contains(t, stderr, "--force")
+	assert.Contains(t, stderr, "simulator pki list")
+	assert.NoFileExists(t, filepath.Join(dir, "blacklist"), "nothing written")
+
+	stdout, stderr, code = sim(t, "pki", "revoke", "--dir", dir, "--serial", pki.FormatSerial(dev.SerialNumber))
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "(CN=dev-1) revoked")
+	stdout, stderr, code = sim(t, "pki", "revoke", "--dir", dir, "--serial", "deadbeef", "--force")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "not in this CA's index; --force")
+	list, err := pki.ReadBlacklist(filepath.Join(dir, "blacklist"))
+	require.NoError(t, err)
+	assert.Len(t, list, 2)
+
+	stdout, stderr, code = sim(t, "pki", "list", "--dir", dir)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "4 certificate(s) issued")
+	state := map[string][]string{}
+	for _, line := range strings.Split(stdout, "\n") {
+		if f := strings.Fields(line); len(f) >= 5 {
+			state[f[0]] = f[1:]
+		}
+	}
+	assert.Equal(t, []string{"valid", srv.NotAfter.UTC().Format(time.DateOnly), "server", "CN=mender.local"}, state[pki.FormatSerial(srv.SerialNumber)])
+	assert.Equal(t, "revoked", state[pki.FormatSerial(dev.SerialNumber)][0])
+	assert.Equal(t, "valid", state[pki.FormatSerial(tpm.SerialNumber)][0])
+	assert.Equal(t, "expired", state[pki.FormatSerial(old.SerialNumber)][0])
+
+	// A new CA in the same directory does not list the old CA's certificates.
+	_, _, code = sim(t, "pki", "init", "--dir", dir, "--force")
+	require.Equal(t, 0, code)
+	stdout, _, code = sim(t, "pki", "list", "--dir", dir)
+	require.Equal(t, 0, code)
+	assert.Contains(t, stdout, "0 certificate(s) issued")
+	assert.Contains(t, stdout, "4 entries of an earlier CA")
+}
+
+// The directory the openssl commands of Mender's mTLS guide make (a
+// self-signed version-1 CA in ca.crt, its key in ca-private.key) works
+// with every pki command.
+func TestPKIWithGuideCA(t *testing.T) {
+	v1 := pkitest.NewV1CA(t)
+	dir := t.TempDir()
+	keyPEM, err := pki.MarshalPrivateKeyPEM(v1.Key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), v1.CertPEM(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca-private.key"), keyPEM, 0o600))
+
+	out := filepath.Join(t.TempDir(), "dev")
+	_, stderr, code := sim(t, "pki", "device", "--dir", dir, "--cn", "dev-guide", "--out", out)
+	require.Equal(t, 0, code, stderr)
+	dev := readCert(t, filepath.Join(out, "mender-cert.pem"))
+	_, err = dev.Verify(x509.VerifyOptions{Roots: v1.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	assert.NoError(t, err)
+
+	srvDir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(srvDir, "ca.crt"), v1.CertPEM(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(srvDir, "ca-private.key"), keyPEM, 0o600))
+	_, stderr, code = sim(t, "pki", "server", "--dir", srvDir, "--dns", "mender.local")
+	require.Equal(t, 0, code, stderr)
+	_, err = readCert(t, filepath.Join(srvDir, "server.crt")).Verify(x509.VerifyOptions{Roots: v1.Pool(), DNSName: "mender.local"})
+	assert.NoError(t, err)
+
+	stdout, stderr, code := sim(t, "pki", "revoke", "--dir", dir, "--serial", pki.FormatSerial(dev.SerialNumber))
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "CRL #1 written")
+	blk, _ := pem.Decode(readFile(t, filepath.Join(dir, "crl.pem")))
+	require.NotNil(t, blk)
+	crl, err := x509.ParseRevocationList(blk.Bytes)
+	require.NoError(t, err)
+	assert.NoError(t, crl.CheckSignatureFrom(v1.Cert))
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
 }

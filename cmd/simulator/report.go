@@ -1,19 +1,18 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
 	"github.com/mender-mtls/mtls-agent/internal/fleet"
 )
 
-const reportUsage = `Usage: simulator report merge A.json B.json ... --out ALL.json [--html ALL.html]
-
-Merge the JSON reports of the shards of one fleet ('simulator run --shard i/N --report F'):
+const reportSynopsis = `Merge the JSON reports of the shards of one fleet ('simulator run --shard i/N --report FILE'):
 counts, latency histograms (exactly), handshakes and memory add up, timelines are aligned on
-each shard's start. A shard given twice is refused. The merged summary is printed.
-`
+each shard's start. A shard given twice is refused. The merged summary is printed.`
+
+const reportUsage = "Usage: simulator report merge A.json B.json ... --out ALL.json [--html FILE]\n\n" + reportSynopsis + "\n\n" +
+	"Run 'simulator report merge --help' for the flags.\n"
 
 func cmdReport(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "merge" {
@@ -24,8 +23,8 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, reportUsage)
 		return errUsage
 	}
-	fs := newFlagSet("report merge", "Merge shard reports.", stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, reportUsage); fs.PrintDefaults() }
+	fs := newFlagSet("report merge", reportSynopsis, stdout, stderr)
+	fs.usage = "simulator report merge A.json B.json ... --out ALL.json [--html FILE]"
 	out := fs.String("out", "", "merged JSON report `FILE` (required)")
 	html := fs.String("html", "", "also write the merged HTML report to `FILE`")
 	inputs, err := parseInterspersed(fs, args[1:])
@@ -58,11 +57,11 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 
 // parseInterspersed parses flags that may come before, between or after
 // the positional arguments, and returns the positional ones.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+func parseInterspersed(fs *cmdFlags, args []string) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, errUsage
+		if err := fs.parse(args); err != nil {
+			return nil, err
 		}
 		rest := fs.Args()
 		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
 	"github.com/mender-mtls/mtls-agent/internal/fleet"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
@@ -33,7 +33,7 @@ type reportFlags struct {
 	report, html, metrics string
 }
 
-func (r *reportFlags) register(fs *flag.FlagSet, reportDef, htmlDef string) {
+func (r *reportFlags) register(fs *cmdFlags, reportDef, htmlDef string) {
 	fs.StringVar(&r.report, "report", reportDef, "write the JSON report to `FILE`")
 	fs.StringVar(&r.html, "html", htmlDef, "write the self-contained HTML report to `FILE`")
 	fs.StringVar(&r.metrics, "metrics", "", "serve live Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9102")
@@ -67,29 +67,33 @@ shard reports with 'simulator report merge'.`
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f runFlags
-	fs := newFlagSet("run", runSynopsis, stderr)
+	fs := newFlagSet("run", runSynopsis, stdout, stderr)
 	fs.StringVar(&f.server, "server", "", "server or ambassador base `URL`, e.g. https://127.0.0.1:8443 (required)")
 	fs.StringVar(&f.ca, "ca", "", "CA `FILE` trusted for the server certificate (default: PKI-DIR/ca.crt when present, else the system roots)")
 	fs.StringVar(&f.pkiDir, "pki-dir", "", "`DIR` with the device CA and the credential cache (required unless --no-mtls --key-file)")
-	fs.IntVar(&f.count, "count", 0, "number of devices in the whole fleet (required)")
-	fs.StringVar(&f.keyType, "key-type", string(pki.ECDSAP256), "device key type: ecdsa-p256, ecdsa-p384, ed25519, rsa2048 or rsa3072")
+	fs.IntVar(&f.count, "count", 0, "`N` devices in the whole fleet (required)")
+	fs.StringVar(&f.keyType, "key-type", string(pki.ECDSAP256), "device "+keyTypeUsage)
 	fs.StringVar(&f.macPrefix, "mac-prefix", fleet.DefaultMACPrefix.String(), "leading MAC `OCTETS`; the device index fills the rest")
 	fs.Var(&f.identityAttrs, "identity-attr", "extra identity attribute `k=v` for every device (repeatable)")
 	fs.Var(&f.invAttrs, "inventory-attr", "extra inventory attribute `k=v1|v2`: device i reports value i mod n (repeatable)")
-	fs.DurationVar(&f.ramp, "ramp", 30*time.Second, "spread the device starts over this time")
-	fs.DurationVar(&f.duration, "duration", 5*time.Minute, "run time; 0 runs until Ctrl-C")
-	fs.DurationVar(&f.poll, "poll", 30*time.Minute, "update poll interval (Mender's UpdatePollIntervalSeconds)")
-	fs.DurationVar(&f.inventory, "inventory", 8*time.Hour, "inventory interval (Mender's InventoryPollIntervalSeconds)")
-	fs.DurationVar(&f.retryPoll, "retry-poll", 5*time.Minute, "wait while pending and cap of the retry backoff (Mender's RetryPollIntervalSeconds)")
-	fs.Float64Var(&f.jitter, "jitter", 0.1, "spread every periodic wait over interval·(1±jitter), in (0, 1]")
+	fs.DurationVar(&f.ramp, "ramp", 30*time.Second, "spread the device starts over this `DURATION`")
+	fs.DurationVar(&f.duration, "duration", 5*time.Minute, "run time (a `DURATION`); 0 runs until Ctrl-C")
+	fs.DurationVar(&f.poll, "poll", 30*time.Minute, "update poll `INTERVAL` (Mender's UpdatePollIntervalSeconds)")
+	fs.DurationVar(&f.inventory, "inventory", 8*time.Hour, "inventory `INTERVAL` (Mender's InventoryPollIntervalSeconds)")
+	fs.DurationVar(&f.retryPoll, "retry-poll", 5*time.Minute, "wait while pending and cap of the retry backoff, a `DURATION` (Mender's RetryPollIntervalSeconds)")
+	fs.Float64Var(&f.jitter, "jitter", 0.1, "spread every periodic wait over interval·(1±`FRACTION`), in (0, 1]")
 	fs.StringVar(&f.tenantToken, "tenant-token", "", "tenant `TOKEN` sent in auth requests (hosted Mender)")
-	fs.StringVar(&f.deviceType, "device-type", fleet.DefaultDeviceType, "device type the devices report")
-	fs.StringVar(&f.artifactName, "artifact-name", fleet.DefaultArtifactName, "artifact name the devices start with")
+	fs.StringVar(&f.deviceType, "device-type", fleet.DefaultDeviceType, "device `TYPE` the devices report")
+	fs.StringVar(&f.artifactName, "artifact-name", fleet.DefaultArtifactName, "artifact `NAME` the devices start with")
 	fs.BoolVar(&f.noMTLS, "no-mtls", false, "devices without client certificates (plain Mender); each still has its own key")
 	fs.StringVar(&f.keyFile, "key-file", "", "with --no-mtls: `FILE` caching every device key (created when missing)")
-	fs.Float64Var(&f.failRate, "fail-rate", 0, "fraction of deployments a device reports as failed, with a log upload")
+	fs.Float64Var(&f.failRate, "deployment-fail-rate", 0, "`FRACTION` (0..1) of deployments a device reports as failed, with a log upload")
+	fs.Func("fail-rate", "renamed --deployment-fail-rate", func(string) error {
+		return errors.New("renamed --deployment-fail-rate (the fraction of deployments that fail; serve --fail-rate fails requests)")
+	})
+	fs.hide("fail-rate")
 	fs.StringVar(&f.shard, "shard", "0/1", "simulate slice `i/N` of the fleet's device indices")
-	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the simulator's own messages on stderr: debug, info, warn or error")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "`LEVEL` of the simulator's own messages on stderr: debug, info, warn or error")
 	f.out.register(fs, "", "")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -160,7 +164,7 @@ func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, erro
 		invs = append(invs, a)
 	}
 	if !(f.failRate >= 0 && f.failRate <= 1) {
-		errs = append(errs, fmt.Errorf("--fail-rate %v: want a fraction in [0, 1]", f.failRate))
+		errs = append(errs, fmt.Errorf("--deployment-fail-rate %v: want a fraction in [0, 1]", f.failRate))
 	}
 	if !(f.jitter > 0 && f.jitter <= 1) {
 		errs = append(errs, fmt.Errorf("--jitter %v: want a fraction in (0, 1]", f.jitter))
@@ -306,9 +310,17 @@ func runFleet(ctx context.Context, fl *fleet.Fleet, out reportFlags, stdout io.W
 	return writeReports(r, out, stdout)
 }
 
-// writeReports writes the JSON and HTML reports that out names.
+// writeReports writes the JSON and HTML reports that out names, creating
+// their directories when missing.
 func writeReports(r *fleet.Report, out reportFlags, stdout io.Writer) error {
 	var errs []error
+	for _, p := range []string{out.report, out.html} {
+		if p != "" {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				errs = append(errs, fmt.Errorf("report directory: %w", err))
+			}
+		}
+	}
 	if out.report != "" {
 		if err := r.SaveJSON(out.report); err != nil {
 			errs = append(errs, fmt.Errorf("--report: %w", err))
@@ -320,7 +332,7 @@ func writeReports(r *fleet.Report, out reportFlags, stdout io.Writer) error {
 		var sb strings.Builder
 		if err := r.WriteHTML(&sb); err != nil {
 			errs = append(errs, err)
-		} else if err := os.WriteFile(out.html, []byte(sb.String()), 0o644); err != nil {
+		} else if err := atomicfile.Write(out.html, []byte(sb.String()), 0o644); err != nil {
 			errs = append(errs, fmt.Errorf("--html: %w", err))
 		} else {
 			fmt.Fprintf(stdout, "HTML report: %s\n", absPath(out.html))

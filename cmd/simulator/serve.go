@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,21 +43,25 @@ type serveFlags struct {
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	fs := newFlagSet("serve", "Run the fake Mender backend over HTTPS until Ctrl-C. A CA and a server certificate\n"+
-		"(for localhost, 127.0.0.1 and the --listen host) are created in --dir when absent.", stderr)
+		"(for localhost, 127.0.0.1 and the --listen host) are created in --dir when absent; a server\n"+
+		"certificate serve made is reissued when the names it must cover change. A server certificate\n"+
+		"from elsewhere (simulator pki server, the openssl commands of Mender's mTLS guide) is served as\n"+
+		"it is, and serve prints the names devices must use in ServerURL. A guide CA key named\n"+
+		"ca-private.key is used as it is.", stdout, stderr)
 	fs.StringVar(&f.dir, "dir", "simulator-data", "`DIR` for ca.crt, ca.key, server.crt, server.key and the backend state")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8443", "HTTPS listen `ADDR` (port 0 picks a free port)")
 	fs.BoolVar(&f.autoAccept, "auto-accept", false, "accept every new device at once (plain Mender without an ambassador)")
 	fs.StringVar(&f.user, "user", "admin@example.com", "management user (`EMAIL`) for useradm login")
-	fs.StringVar(&f.password, "password", "mender-test", "management `PASSWORD`")
+	fs.StringVar(&f.password, "password", defaultServePassword, "management `PASSWORD` (printed only when it is the default)")
 	fs.StringVar(&f.state, "state", "", "state `FILE` that keeps devices across restarts (default DIR/state.json; \"none\" keeps state in memory only)")
 	fs.BoolVar(&f.v2Next, "v2-next", false, "serve the v2 deployments next endpoint (enterprise); without it v2 answers 404 like the open-source server")
-	fs.DurationVar(&f.tokenLifetime, "token-lifetime", 7*24*time.Hour, "device and management JWT lifetime")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&f.tokenLifetime, "token-lifetime", 7*24*time.Hour, "device and management JWT lifetime (a `DURATION` such as 24h)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	fs.BoolVar(&f.mtls, "mtls", false, "put the test mTLS ambassador on --listen in front of the backend: devices need a certificate\n"+
 		"signed by DIR/ca.crt (simulator pki device --dir DIR) and are preauthorized with no manual step")
 	fs.StringVar(&f.statusListen, "status-listen", "127.0.0.1:8081", "with --mtls: plain-HTTP `ADDR` of the ambassador's /status and /metrics")
 	fs.StringVar(&f.backendListen, "backend-listen", "127.0.0.1:0", "with --mtls: the backend's own HTTPS `ADDR` (management calls go there)")
-	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field, e.g. mac=CN")
+	fs.Var(&f.bind, "bind-identity", "with --mtls: require identity attribute = certificate field (`ATTR=FIELD`), e.g. mac=CN")
 	fs.StringVar(&f.identityKeys, "identity-keys", "", "with --mtls: comma-separated identity `KEYS` allowed besides the bound ones (see simulator ambassador)")
 	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
 	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
@@ -72,19 +77,20 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8443", f.listen)
 	}
+	f.dir = absPath(f.dir)
 	pk, err := pki.EnsureServerPKI(f.dir, hostsFor(host))
 	if err != nil {
 		return err
 	}
-	for _, p := range pk.Created {
-		log.Info("created", "file", p)
-	}
+	logServerPKI(log, pk)
 	statePath := f.state
 	switch statePath {
 	case "":
 		statePath = filepath.Join(f.dir, "state.json")
 	case "none":
 		statePath = ""
+	default:
+		statePath = absPath(statePath)
 	}
 	backend, err := fakemender.New(fakemender.Options{
 		AutoAccept:    f.autoAccept,
@@ -101,32 +107,107 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := addServeFaults(backend, &f, log); err != nil {
 		return err
 	}
+	if f.mtls {
+		return serveMTLS(ctx, &f, pk, backend, log, stdout)
+	}
 	cert, err := tls.LoadX509KeyPair(pk.ServerCert, pk.ServerKey)
 	if err != nil {
 		return fmt.Errorf("load server certificate %s: %w", pk.ServerCert, err)
 	}
-	backendAddr := f.listen
-	if f.mtls {
-		backendAddr = f.backendListen
-	}
-	ln, err := net.Listen("tcp", backendAddr)
+	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", backendAddr, err)
+		return fmt.Errorf("listen %s: %w", f.listen, err)
 	}
-	backendURL := "https://" + ln.Addr().String()
 	srv := backendServer(backend, cert, log)
-	if f.mtls {
-		return serveMTLS(ctx, &f, pk, srv, ln, log, stdout)
-	}
+	devURL, note := deviceURL(pk, ln.Addr())
 	fmt.Fprintf(stdout, "fake Mender backend ready\n")
-	fmt.Fprintf(stdout, "  URL:         %s\n", backendURL)
+	fmt.Fprintf(stdout, "  URL:         %s\n", devURL)
+	if note != "" {
+		fmt.Fprintf(stdout, "               %s\n", note)
+	}
 	fmt.Fprintf(stdout, "  CA:          %s   (ServerCertificate for devices)\n", pk.CACert)
-	fmt.Fprintf(stdout, "  management:  user %s, password %s\n", f.user, f.password)
+	fmt.Fprintf(stdout, "  server cert: %s\n", serverCertLine(pk))
+	fmt.Fprintf(stdout, "  management:  user %s, %s\n", f.user, passwordNote(f.password))
 	fmt.Fprintf(stdout, "  devices:     %s\n", map[bool]string{true: "accepted automatically (--auto-accept)", false: "pending until accepted through the management API"}[f.autoAccept])
 	if statePath != "" {
 		fmt.Fprintf(stdout, "  state:       %s\n", statePath)
 	}
 	return serveUntilDone(ctx, srv, ln, log)
+}
+
+// logServerPKI logs what EnsureServerPKI created or reissued and the
+// warnings about a server certificate from elsewhere.
+func logServerPKI(log *slog.Logger, pk *pki.ServerPKIResult) {
+	for _, p := range pk.Created {
+		log.Info("created", "file", p)
+	}
+	if pk.Reissued {
+		log.Info("reissued the server certificate serve made", "file", pk.ServerCert, "reason", pk.ReissueReason,
+			"names", strings.Join(pk.Names, ","), "serial", pki.FormatSerial(pk.Cert.SerialNumber))
+	}
+	if !pk.Managed {
+		log.Info("serving a server certificate serve did not make, as it is", "file", pk.ServerCert,
+			"names", strings.Join(pk.Names, ","), "fingerprint", pki.CertFingerprint(pk.Cert))
+	}
+	for _, w := range pk.Warnings {
+		log.Warn(w)
+	}
+}
+
+// passwordNote names the management password in the ready message: the
+// documented default is shown, one given with --password is not.
+func passwordNote(p string) string {
+	if p == defaultServePassword {
+		return "password " + p
+	}
+	return "password as given with --password"
+}
+
+// defaultServePassword is serve's documented default management password.
+const defaultServePassword = "mender-test"
+
+// serverCertLine describes the server certificate in the ready message.
+func serverCertLine(pk *pki.ServerPKIResult) string {
+	who := "made by serve, reissued when the names it must cover change"
+	if !pk.Managed {
+		who = "not made by serve: served as it is"
+	}
+	return fmt.Sprintf("%s (%s; names: %s)", pk.ServerCert, who, strings.Join(pk.Names, ", "))
+}
+
+// deviceURL returns the URL devices use for a listener at addr, and a note
+// when that is not simply the listen address: when the server certificate
+// does not cover it, or when the listener is on every address. The URL
+// then uses a name the certificate covers (localhost first, for a loopback
+// or unspecified listen address) and the note lists the names devices may
+// use in ServerURL.
+func deviceURL(pk *pki.ServerPKIResult, addr net.Addr) (string, string) {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "https://" + addr.String(), ""
+	}
+	ip := net.ParseIP(host)
+	everywhere := ip != nil && ip.IsUnspecified()
+	if !everywhere && pki.CoversHost(pk.Cert, host) {
+		return "https://" + net.JoinHostPort(host, port), ""
+	}
+	names := pk.Names
+	if len(names) == 0 {
+		return "https://" + net.JoinHostPort(host, port), fmt.Sprintf("%s names no host (no subjectAltName, no common name): "+
+			"devices cannot verify it; use a certificate for the names devices connect to", pk.ServerCert)
+	}
+	pick := names[0]
+	if ip != nil && (ip.IsLoopback() || everywhere) && slices.Contains(names, "localhost") {
+		pick = "localhost"
+	}
+	note := fmt.Sprintf("%s does not cover %s: devices must use one of its names in ServerURL: %s", pk.ServerCert, host, strings.Join(names, ", "))
+	if everywhere {
+		note = fmt.Sprintf("listening on every address: devices must use one of the names of %s in ServerURL: %s", pk.ServerCert, strings.Join(names, ", "))
+	}
+	if pick != "localhost" && net.ParseIP(pick) == nil {
+		note += fmt.Sprintf(" (%s must resolve to this host on the devices, e.g. through /etc/hosts)", pick)
+	}
+	return "https://" + net.JoinHostPort(pick, port), note
 }
 
 // backendServer is the fake backend's HTTPS server. ReadTimeout bounds
@@ -200,36 +281,52 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 }
 
 // serveMTLS runs the backend on its private listener and the ambassador in
-// front of it, with the PKI in f.dir: DIR/ca.crt is both the server CA and
-// the device CA; DIR/blacklist and DIR/crl.pem are created empty when absent
-// and reloaded when they change.
-func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, backend *http.Server, bln net.Listener, log *slog.Logger, stdout io.Writer) error {
+// front of it, with the PKI in f.dir: DIR/ca.crt is the device CA and signs
+// the backend listener's certificate (issued in memory for the
+// --backend-listen host, so the backend is reachable at its address
+// whatever names server.crt has); the ambassador serves server.crt.
+// DIR/blacklist and DIR/crl.pem are created empty when absent and reloaded
+// when they change (no CRL for a CA that may not sign one).
+func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, backend *fakemender.Server, log *slog.Logger, stdout io.Writer) error {
 	if w := backendListenWarning(f.backendListen); w != "" {
 		log.Warn(w, "backend_listen", f.backendListen)
 	}
-	blacklist := filepath.Join(f.dir, "blacklist")
-	crlPath := filepath.Join(f.dir, "crl.pem")
-	if err := ensureRevocationFiles(pk, blacklist, crlPath); err != nil {
-		bln.Close()
+	ca, err := pki.LoadCA(pk.CACert, pk.CAKey)
+	if err != nil {
 		return err
 	}
-	upstream := &url.URL{Scheme: "https", Host: bln.Addr().String()}
+	blacklist := filepath.Join(f.dir, "blacklist")
+	crlPath := filepath.Join(f.dir, "crl.pem")
+	crls, err := ensureRevocationFiles(ca, blacklist, crlPath, log)
+	if err != nil {
+		return err
+	}
 	var binds []ambassador.Binding
 	for _, b := range f.bind {
 		bd, err := ambassador.ParseBinding(b)
 		if err != nil {
-			bln.Close()
 			return fmt.Errorf("--bind-identity %q: %w", b, err)
 		}
 		binds = append(binds, bd)
 	}
 	keys, err := parseIdentityKeys(f.identityKeys)
 	if err != nil {
-		bln.Close()
 		return err
 	}
+	bhost, _, err := net.SplitHostPort(f.backendListen)
+	if err != nil {
+		return fmt.Errorf("--backend-listen %q: want HOST:PORT, e.g. 127.0.0.1:0", f.backendListen)
+	}
+	bcert, err := backendCert(ca, hostsFor(bhost))
+	if err != nil {
+		return err
+	}
+	bln, err := net.Listen("tcp", f.backendListen)
+	if err != nil {
+		return fmt.Errorf("--backend-listen %s: %w", f.backendListen, err)
+	}
 	amb, err := ambassador.New(ambassador.Options{
-		Upstream:       upstream,
+		Upstream:       &url.URL{Scheme: "https", Host: dialAddr(bln.Addr())},
 		UpstreamCAFile: pk.CACert,
 		User:           f.user,
 		Password:       f.password,
@@ -237,7 +334,7 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		ServerKeyFile:  pk.ServerKey,
 		ClientCAFiles:  []string{pk.CACert},
 		BlacklistFile:  blacklist,
-		CRLFiles:       []string{crlPath},
+		CRLFiles:       crls,
 		BindIdentity:   binds,
 		IdentityKeys:   keys,
 		Logger:         log.With("component", "ambassador"),
@@ -257,19 +354,28 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		aln.Close()
 		return fmt.Errorf("--status-listen %s: %w", f.statusListen, err)
 	}
+	devURL, note := deviceURL(pk, aln.Addr())
+	revocation := blacklist
+	if len(crls) > 0 {
+		revocation += ", " + crlPath
+	}
 	fmt.Fprintf(stdout, "fake Mender backend behind the mTLS ambassador ready\n")
-	fmt.Fprintf(stdout, "  URL:         https://%s   (device URL: the ambassador)\n", aln.Addr())
+	fmt.Fprintf(stdout, "  URL:         %s   (device URL: the ambassador)\n", devURL)
+	if note != "" {
+		fmt.Fprintf(stdout, "               %s\n", note)
+	}
 	fmt.Fprintf(stdout, "  backend:     https://%s   (management API)\n", bln.Addr())
 	fmt.Fprintf(stdout, "  status:      http://%s/status\n", sln.Addr())
 	fmt.Fprintf(stdout, "  device CA:   %s   (sign devices: simulator pki device --dir %s --cn NAME --out OUTDIR)\n", pk.CACert, f.dir)
-	fmt.Fprintf(stdout, "  revocation:  %s, %s\n", blacklist, crlPath)
-	fmt.Fprintf(stdout, "  management:  user %s, password %s\n", f.user, f.password)
+	fmt.Fprintf(stdout, "  revocation:  %s\n", revocation)
+	fmt.Fprintf(stdout, "  server cert: %s\n", serverCertLine(pk))
+	fmt.Fprintf(stdout, "  management:  user %s, %s\n", f.user, passwordNote(f.password))
 	fmt.Fprintf(stdout, "  CA:          %s   (ServerCertificate for devices)\n", pk.CACert)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	backendErr := make(chan error, 1)
-	go func() { backendErr <- serveUntilDone(ctx, backend, bln, log) }()
+	go func() { backendErr <- serveUntilDone(ctx, backendServer(backend, bcert, log), bln, log) }()
 	err = runAmbassador(ctx, amb, aln, sln, log)
 	cancel()
 	if berr := <-backendErr; err == nil {
@@ -278,26 +384,63 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 	return err
 }
 
-func ensureRevocationFiles(pk *pki.ServerPKIResult, blacklist, crlPath string) error {
+// dialAddr is the address to dial a listener at: its own, or loopback for
+// one on every address (0.0.0.0, ::), which is no destination.
+func dialAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return a.String()
+}
+
+// backendCert issues, in memory, the certificate of the backend's private
+// listener behind the ambassador: signed by ca for hosts, valid for as long
+// as a server certificate serve makes.
+func backendCert(ca *pki.CA, hosts []string) (tls.Certificate, error) {
+	key, err := pki.GenerateKey(pki.ECDSAP256)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	var dns []string
+	var ips []net.IP
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, h)
+		}
+	}
+	cert, err := ca.IssueServer(key.Public(), hosts[0], dns, ips, pki.ServerCertValidity)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("backend certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}, nil
+}
+
+// ensureRevocationFiles creates the blacklist (empty) and the CRL when they
+// are missing and returns the CRL files for the ambassador: none when the CA
+// may not sign CRLs (logged once).
+func ensureRevocationFiles(ca *pki.CA, blacklist, crlPath string, log *slog.Logger) ([]string, error) {
 	if _, err := os.Stat(blacklist); errors.Is(err, os.ErrNotExist) {
 		if err := atomicfile.Write(blacklist, nil, 0o644); err != nil {
-			return err
+			return nil, err
 		}
+	}
+	if why := pki.CRLRefusal(ca.Cert); why != "" {
+		log.Info("no CRL", "reason", why)
+		return nil, nil
 	}
 	if _, err := os.Stat(crlPath); errors.Is(err, os.ErrNotExist) {
-		ca, err := pki.LoadCA(pk.CACert, pk.CAKey)
-		if err != nil {
-			return err
-		}
 		serials, err := pki.ReadBlacklist(blacklist)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := pki.WriteCRL(ca, crlPath, serials); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return []string{crlPath}, nil
 }
 
 // addServeFaults installs the --fail-rate, --drop-rate and --latency faults

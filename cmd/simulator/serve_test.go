@@ -1,9 +1,18 @@
 package main
 
 import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +21,8 @@ import (
 
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
+	"github.com/mender-mtls/mtls-agent/internal/pki"
+	"github.com/mender-mtls/mtls-agent/internal/pki/pkitest"
 )
 
 func TestServeFaultFlags(t *testing.T) {
@@ -71,4 +82,135 @@ func TestBackendListenWarning(t *testing.T) {
 			assert.Empty(t, got, addr)
 		}
 	}
+}
+
+// startServeCmd runs cmdServe until the test ends and returns its stdout
+// once the ready message is complete.
+func startServeCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errb syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- cmdServe(ctx, args, &out, &errb) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err, "stderr: %s", errb.String())
+		case <-time.After(15 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			return true
+		default:
+		}
+		return strings.Contains(out.String(), "  CA:")
+	}, 15*time.Second, 10*time.Millisecond)
+	require.Contains(t, out.String(), "  CA:", "stderr: %s", errb.String())
+	return out.String()
+}
+
+// writeGuideDir writes what the openssl commands of Mender's mTLS guide
+// leave in a directory: a self-signed v1 CA (ca.crt, ca-private.key) and a
+// v1 server certificate whose only name is the common name (server.crt,
+// server.key).
+func writeGuideDir(t *testing.T, dir, serverCN string) (*pkitest.CA, []byte) {
+	t.Helper()
+	v1 := pkitest.NewV1CA(t)
+	keyPEM, err := pki.MarshalPrivateKeyPEM(v1.Key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), v1.CertPEM(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca-private.key"), keyPEM, 0o600))
+	tc, _ := v1.LegacyServerCert(t, serverCN)
+	srvKey, err := pki.MarshalPrivateKeyPEM(tc.PrivateKey.(crypto.Signer))
+	require.NoError(t, err)
+	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tc.Certificate[0]})
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "server.crt"), crtPEM, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "server.key"), srvKey, 0o600))
+	return v1, crtPEM
+}
+
+// serve --dir never replaces a server certificate it did not make: the
+// guide's CN-only certificate for localhost is served as it is on
+// 127.0.0.1, and serve says devices use https://localhost:PORT. With
+// --mtls the backend stays reachable at its address and the guide's v1 CA
+// signs the CRL.
+func TestServeKeepsGuideServerCertificate(t *testing.T) {
+	for _, mtls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "mtls"}[mtls], func(t *testing.T) {
+			dir := t.TempDir()
+			v1, crtPEM := writeGuideDir(t, dir, "localhost")
+			args := []string{"--dir", dir, "--listen", "127.0.0.1:0", "--state", "none", "--log-level", "error", "--password", "s3cret-pw"}
+			if mtls {
+				args = append(args, "--mtls", "--status-listen", "127.0.0.1:0")
+			}
+			out := startServeCmd(t, args...)
+			assert.Equal(t, crtPEM, readFile(t, filepath.Join(dir, "server.crt")), "server.crt is served as it is")
+			assert.NoFileExists(t, filepath.Join(dir, pki.ServerCertMarkerName))
+			assert.Regexp(t, `URL: +https://localhost:\d+`, out, "the device URL uses the certificate's name")
+			assert.Contains(t, out, "does not cover 127.0.0.1: devices must use one of its names in ServerURL: localhost")
+			assert.Contains(t, out, "not made by serve: served as it is")
+			assert.NotContains(t, out, "/etc/hosts", "localhost needs no hosts entry")
+			assert.NotContains(t, out, "s3cret-pw", "a password given with --password is not printed")
+			assert.Contains(t, out, "password as given with --password")
+			if mtls {
+				blk, _ := pem.Decode(readFile(t, filepath.Join(dir, "crl.pem")))
+				require.NotNil(t, blk)
+				crl, err := x509.ParseRevocationList(blk.Bytes)
+				require.NoError(t, err)
+				assert.NoError(t, crl.CheckSignatureFrom(v1.Cert), "the guide's v1 CA signs the CRL")
+				m := regexp.MustCompile(`backend: +(https://\S+)`).FindStringSubmatch(out)
+				require.Len(t, m, 2, out)
+				client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: v1.Pool()}}}
+				resp, err := client.Get(m[1] + menderapi.PathDevauthDevices)
+				require.NoError(t, err, "the backend's address verifies against the device CA")
+				resp.Body.Close()
+				assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+			}
+		})
+	}
+}
+
+// A name other than localhost must resolve to the server on the devices;
+// serve says so. A certificate serve made is reissued, with a log line,
+// when --listen needs a name it lacks; and paths are printed absolute.
+func TestServeCertificateMessages(t *testing.T) {
+	t.Run("guide certificate for a domain", func(t *testing.T) {
+		dir := t.TempDir()
+		writeGuideDir(t, dir, "local-domain-1993028.com")
+		out := startServeCmd(t, "--dir", dir, "--listen", "127.0.0.1:0", "--state", "none")
+		assert.Regexp(t, `URL: +https://local-domain-1993028\.com:\d+`, out)
+		assert.Contains(t, out, "local-domain-1993028.com must resolve to this host on the devices")
+	})
+	t.Run("serve's own certificate reissued for a new name", func(t *testing.T) {
+		dir := t.TempDir()
+		first, err := pki.EnsureServerPKI(dir, []string{"localhost"})
+		require.NoError(t, err)
+		var out, errb syncBuffer
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			done <- cmdServe(ctx, []string{"--dir", dir, "--listen", "127.0.0.2:0", "--state", "none"}, &out, &errb)
+		}()
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "  CA:") }, 15*time.Second, 10*time.Millisecond, errb.String())
+		cancel()
+		require.NoError(t, <-done)
+		assert.Contains(t, errb.String(), "reissued the server certificate serve made")
+		assert.Contains(t, errb.String(), "it does not cover 127.0.0.2")
+		assert.NotEqual(t, pki.CertFingerprint(first.Cert), pki.CertFingerprint(readCert(t, filepath.Join(dir, "server.crt"))))
+		assert.Regexp(t, `URL: +https://127\.0\.0\.2:\d+\n  CA:`, out.String(), "no note: the certificate covers the address")
+	})
+	t.Run("relative --dir", func(t *testing.T) {
+		tmp := t.TempDir()
+		t.Chdir(tmp)
+		out := startServeCmd(t, "--dir", "data", "--listen", "127.0.0.1:0")
+		abs := filepath.Join(tmp, "data")
+		assert.Contains(t, out, "CA:          "+filepath.Join(abs, "ca.crt"))
+		assert.Contains(t, out, "state:       "+filepath.Join(abs, "state.json"))
+		assert.Contains(t, out, "password mender-test", "the documented default is shown")
+	})
 }

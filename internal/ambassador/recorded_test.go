@@ -20,9 +20,9 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
-// recordedDir holds auth requests recorded from the Mender 3.5 Go client
-// (copied from shared/testdata; see its README.md).
-const recordedDir = "testdata/mender-3.5-auth-requests"
+// recordedDir holds the auth requests recorded from the Mender 3.5 Go client,
+// shared by the tests of several packages (see its README.md).
+const recordedDir = "../../testdata/mender-3.5-auth-requests"
 
 type recordedRequest struct {
 	body    []byte

@@ -87,7 +87,7 @@ func loadTrust(o Options, prev *trustState, now time.Time, log *slog.Logger) (*t
 	}
 	var errs []error
 
-	cas, err := loadCABundle(o.ClientCAFiles)
+	cas, err := loadCABundle(o.ClientCAFiles, log)
 	if err != nil {
 		errs = append(errs, err)
 	} else {
@@ -125,8 +125,14 @@ func loadTrust(o Options, prev *trustState, now time.Time, log *slog.Logger) (*t
 }
 
 // loadCABundle reads the client CA files: PEM files with one or more
-// CERTIFICATE blocks, or a single DER certificate.
-func loadCABundle(files []string) ([]*x509.Certificate, error) {
+// CERTIFICATE blocks, or a single DER certificate. Only CA certificates
+// (pki.IsCACert) become trust anchors: basic constraints CA:TRUE, or a
+// self-signed version-1 root, which OpenSSL treats as a CA and Mender's mTLS
+// guide makes (`openssl req -new -x509 -config ca.conf`). Any other
+// certificate, a version-1 leaf from `openssl x509 -req` included, is
+// logged and ignored: crypto/x509 would otherwise let a version-1 leaf of
+// the bundle sign client certificates.
+func loadCABundle(files []string, log *slog.Logger) ([]*x509.Certificate, error) {
 	var all []*x509.Certificate
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -137,7 +143,17 @@ func loadCABundle(files []string) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client CA file %q: %w", f, err)
 		}
-		all = append(all, certs...)
+		for i, c := range certs {
+			if !pki.IsCACert(c) {
+				log.Warn("client CA file holds a certificate that is not a CA (no basic constraints CA:TRUE, not a self-signed version-1 root); ignored",
+					"file", f, "certificate", i+1, "subject", c.Subject.String())
+				continue
+			}
+			all = append(all, c)
+		}
+	}
+	if len(all) == 0 && len(files) > 0 {
+		return nil, fmt.Errorf("client CA files %q hold no CA certificate (basic constraints CA:TRUE or a self-signed version-1 root): give the CA that signs the device certificates, not a device or server certificate", files)
 	}
 	return all, nil
 }

@@ -23,7 +23,8 @@ type response struct {
 }
 
 // Authenticate sends a signed auth request and keeps the returned token. The
-// body is built once with menderapi.BuildAuthRequest and signed once; the
+// body (Mender 5.1's layout, with the device tier) is built once with
+// menderapi.BuildAuthRequestTier and signed once; the
 // same bytes go to each server in order until one answers 200, which becomes
 // the API server. The 200 body is kept verbatim as the token.
 //
@@ -90,7 +91,7 @@ func (c *Client) authenticate(ctx context.Context) error {
 	if len(ident) == 0 {
 		return retry.Permanent(errors.New("auth: identity has no attributes (check the identity script output)"))
 	}
-	body, err := menderapi.BuildAuthRequest(ident.IdentityJSON(), c.opts.AuthKey.Public(), c.opts.TenantToken)
+	body, err := menderapi.BuildAuthRequestTier(ident.IdentityJSON(), c.opts.AuthKey.Public(), c.opts.TenantToken, c.opts.DeviceTier)
 	if err != nil {
 		return retry.Permanent(fmt.Errorf("auth: build request: %w", err))
 	}
@@ -128,7 +129,7 @@ func (c *Client) authenticate(ctx context.Context) error {
 		c.token, c.server = token, srv
 		c.mu.Unlock()
 		c.authOnce.Do(func() { close(c.authOK) })
-		c.log.Info("authenticated", "server", srv, "key", c.keyFP, "token", menderapi.TokenFingerprint(token))
+		c.log.Info("authenticated", "server", srv, "key", c.keyFP, "tier", c.opts.DeviceTier, "token", menderapi.TokenFingerprint(token))
 		return nil
 	}
 	err = errs[0]
@@ -211,6 +212,7 @@ func (c *Client) roundTrip(ctx context.Context, op, method, target string, body 
 		return nil, retry.Permanent(fmt.Errorf("%s: build request: %w", op, err))
 	}
 	req.Header = hdr
+	req.Header.Set("User-Agent", c.opts.UserAgent)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)

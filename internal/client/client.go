@@ -2,7 +2,9 @@
 // sends auth requests (with failover across servers), keeps the device token,
 // sends inventory, checks for deployments, reports deployment status and logs,
 // downloads artifacts with resume, and runs the polling daemon loop with
-// jittered schedules and classified retries (internal/retry).
+// jittered schedules and classified retries (internal/retry). A daemon reads
+// the loop's progress as a [State] (Options.OnState) and replaces a Client
+// between polls with [Client.Stop].
 //
 // API calls never follow HTTP redirects: a 3xx answer is an [APIError]
 // naming its Location, so the device token, the tenant token and the
@@ -30,6 +32,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,6 +102,10 @@ type Options struct {
 	// TenantToken is sent in the auth request (hosted/enterprise Mender).
 	// Surrounding whitespace is trimmed. "" means none.
 	TenantToken string
+	// DeviceTier is the tier sent in the auth request, as Mender 5.1 sends
+	// it: menderapi.TierStandard, TierMicro or TierSystem. "" means
+	// standard.
+	DeviceTier string
 	// Identity returns the device identity attributes; it is called at each
 	// authentication, under the request timeout. Required.
 	Identity func(ctx context.Context) (menderapi.Attributes, error)
@@ -114,6 +121,10 @@ type Options struct {
 	// ClientVersion is the mender_client_version inventory value; "" means
 	// "unknown".
 	ClientVersion string
+	// UserAgent is the User-Agent header of every request: auth, inventory,
+	// update checks, status and log uploads, and artifact downloads
+	// (redirects included). "" means UserAgent("") (see [UserAgent]).
+	UserAgent string
 	// ServerCertificate is an extra trusted CA or server certificate PEM
 	// file, added to the trusted roots. "" means none.
 	ServerCertificate string
@@ -158,6 +169,12 @@ type Options struct {
 	// instructions (after they are logged). This agent does not install
 	// artifacts itself; nil means log only.
 	OnDeployment func(ctx context.Context, d *menderapi.DeploymentInstructions)
+	// OnState is called with a fresh [Client.State] after every auth
+	// exchange and every job attempt of Run or Step, synchronously on the
+	// calling goroutine (two jobs may call it concurrently); it must not
+	// block for long. A daemon writes its status file and reports
+	// readiness from it. nil means none.
+	OnState func(State)
 	// Rand returns uniform values in [0, 1) for jitter and backoff; calls are
 	// serialised by the client. nil means math/rand/v2.
 	Rand func() float64
@@ -201,6 +218,7 @@ type Client struct {
 	running  atomic.Bool
 	authOK   chan struct{} // closed at the first successful authentication
 	authOnce sync.Once
+	rec      stateRecord // what State reports; see state.go
 
 	mu           sync.Mutex
 	token        string // verbatim auth response body; "" = none
@@ -226,6 +244,12 @@ func New(opts Options) (*Client, error) {
 	}
 	if strings.TrimSpace(opts.DeviceType) == "" {
 		errs = append(errs, errors.New("DeviceType is empty: set the device type (the device_type file value)"))
+	}
+	if opts.DeviceTier != "" && !menderapi.ValidTier(opts.DeviceTier) {
+		errs = append(errs, fmt.Errorf("DeviceTier is %q: use standard, micro or system (\"\" means standard)", opts.DeviceTier))
+	}
+	if !validHeaderValue(opts.UserAgent) {
+		errs = append(errs, fmt.Errorf("UserAgent %q has control characters: it must fit in an HTTP header", opts.UserAgent))
 	}
 	for _, d := range []struct {
 		name string
@@ -259,6 +283,12 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.ClientVersion == "" {
 		opts.ClientVersion = "unknown"
+	}
+	if opts.DeviceTier == "" {
+		opts.DeviceTier = menderapi.TierStandard
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = UserAgent("")
 	}
 
 	c := &Client{
@@ -305,6 +335,16 @@ func New(opts Options) (*Client, error) {
 			"auth_key", c.keyFP, "tls_key", menderapi.Fingerprint(cred.Public()))
 	}
 	return c, nil
+}
+
+// UserAgent returns the agent's User-Agent value for version:
+// "device-agent/<version> (<GOOS>/<GOARCH>)", the form Mender 5.1's
+// "Mender/<version>" takes here plus the platform. "" means "unknown".
+func UserAgent(version string) string {
+	if version == "" {
+		version = "unknown"
+	}
+	return "device-agent/" + version + " (" + runtime.GOOS + "/" + runtime.GOARCH + ")"
 }
 
 // normalizeServers applies the Mender URL rules to every server and reports
@@ -402,6 +442,7 @@ func (c *Client) Server() string {
 }
 
 func (c *Client) observe(ev Event) {
+	c.recordExchange(ev)
 	if c.opts.Observer != nil {
 		c.opts.Observer(ev)
 	}

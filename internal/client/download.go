@@ -95,6 +95,7 @@ func (c *Client) downloadOnce(ctx context.Context, u *url.URL, safe string, offs
 	if err != nil {
 		return 0, fmt.Errorf("download %s: build request: %w", safe, err)
 	}
+	req.Header.Set("User-Agent", c.opts.UserAgent) // redirects copy it
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}

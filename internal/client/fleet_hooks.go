@@ -32,8 +32,9 @@ type TransportTuning struct {
 	// IdleConnTimeout is how long an idle kept-alive connection stays open.
 	// 0 means 90s.
 	IdleConnTimeout time.Duration
-	// DisableHTTP2 speaks HTTP/1.1 only, as Mender's own clients do, and
-	// saves the per-client HTTP/2 transport. False offers HTTP/2 as well.
+	// DisableHTTP2 speaks HTTP/1.1 only, as Mender's own clients do. The
+	// default transport already does (newTransport), so this only makes
+	// it explicit; false does not turn HTTP/2 on.
 	DisableHTTP2 bool
 }
 

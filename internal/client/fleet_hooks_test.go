@@ -78,7 +78,7 @@ func TestTransportTuningDisableHTTP2(t *testing.T) {
 		name      string
 		disable   bool
 		wantProto int
-	}{{"default offers HTTP/2", false, 2}, {"DisableHTTP2 speaks HTTP/1.1", true, 1}} {
+	}{{"default speaks HTTP/1.1", false, 1}, {"DisableHTTP2 speaks HTTP/1.1", true, 1}} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFakeServer(t)
 			srv := httptest.NewUnstartedServer(f)

@@ -2,10 +2,7 @@ package client
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -37,8 +34,13 @@ type schedule struct {
 //   - permanent failures (TLS certificate verification, a redirect, other
 //     4xx): log an error with a hint and retry at UpdatePollInterval.
 //
-// Deployment instructions are logged and passed to Options.OnDeployment.
-// Run returns nil once ctx is cancelled and all its goroutines have exited;
+// A deployment offered is logged once per deployment id (at warn when
+// Options.OnDeployment is nil: nobody installs it) and passed to
+// Options.OnDeployment at every check. After every auth exchange and job
+// attempt Options.OnState gets the new [Client.State].
+//
+// Run returns nil once ctx is cancelled, or [Client.Stop] was called and
+// the job attempts in flight finished, and all its goroutines have exited;
 // it returns an error only when the Client is already running.
 func (c *Client) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
@@ -50,23 +52,26 @@ func (c *Client) Run(ctx context.Context) error {
 		"retry_poll", c.opts.RetryPollInterval)
 	defer c.log.Info("stopped")
 
-	if !sleepCtx(ctx, c.FirstContactDelay()) {
+	stop := c.stopCh()
+	if !waitOrStop(ctx, stop, c.FirstContactDelay()) {
 		return nil
 	}
 	inventoryTried := make(chan struct{})
 	inventory, update := c.jobSchedule(JobInventory), c.jobSchedule(JobUpdate)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { c.poll(ctx, inventory, inventoryTried) })
+	wg.Go(func() { c.poll(ctx, stop, inventory, inventoryTried) })
 	wg.Go(func() {
 		for _, ready := range []chan struct{}{inventoryTried, c.authOK} {
 			select {
 			case <-ready:
 			case <-ctx.Done():
 				return
+			case <-stop:
+				return
 			}
 		}
-		c.poll(ctx, update, nil)
+		c.poll(ctx, stop, update, nil)
 	})
 	wg.Wait()
 	return nil
@@ -75,22 +80,38 @@ func (c *Client) Run(ctx context.Context) error {
 // checkAndReport is the update schedule's job.
 func (c *Client) checkAndReport(ctx context.Context) error {
 	d, err := c.CheckUpdate(ctx)
-	if err != nil || d == nil {
+	if err != nil {
 		return err
 	}
-	c.log.Info("deployment available; this agent does not install artifacts",
-		"deployment_id", d.ID, "artifact_name", d.Artifact.ArtifactName)
+	// Logged once per deployment id, not at every check.
+	isNew := c.noteDeployment(d)
+	switch {
+	case d == nil:
+		return nil
+	case isNew && c.opts.OnDeployment == nil:
+		c.log.Warn("deployment offered, but this agent does not install artifacts (standalone mode): install it with mender-update, or abort the deployment on the server",
+			"deployment_id", d.ID, "artifact_name", d.Artifact.ArtifactName)
+	case isNew:
+		c.log.Info("deployment offered", "deployment_id", d.ID, "artifact_name", d.Artifact.ArtifactName)
+	default:
+		c.log.Debug("deployment still offered", "deployment_id", d.ID, "artifact_name", d.Artifact.ArtifactName)
+	}
 	if c.opts.OnDeployment != nil {
 		c.opts.OnDeployment(ctx, d)
 	}
 	return nil
 }
 
-// poll runs s until ctx is done. tried, when not nil, is closed after the
-// first attempt.
-func (c *Client) poll(ctx context.Context, s schedule, tried chan struct{}) {
+// poll runs s until ctx is done or stop is closed (checked between
+// attempts). tried, when not nil, is closed after the first attempt.
+func (c *Client) poll(ctx context.Context, stop <-chan struct{}, s schedule, tried chan struct{}) {
 	attempt := 0
 	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		err := s.run(ctx)
 		if tried != nil {
 			close(tried)
@@ -99,7 +120,7 @@ func (c *Client) poll(ctx context.Context, s schedule, tried chan struct{}) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !sleepCtx(ctx, c.nextWait(s, err, &attempt)) {
+		if !waitOrStop(ctx, stop, c.nextWait(s, err, &attempt)) {
 			return
 		}
 	}
@@ -108,6 +129,7 @@ func (c *Client) poll(ctx context.Context, s schedule, tried chan struct{}) {
 // nextWait decides how long s waits after an attempt that returned err, logs
 // the failure once, and updates the consecutive-failure counter.
 func (c *Client) nextWait(s schedule, err error, attempt *int) time.Duration {
+	c.recordJob(s.name, err)
 	switch decide(err) {
 	case retry.DecisionDone:
 		wait := retry.Jitter(s.interval, c.opts.PollJitter, c.rand)
@@ -171,40 +193,9 @@ func decide(err error) retry.Decision {
 	return retry.DecisionBackoff
 }
 
-// hint returns an actionable suggestion for a permanent failure.
-func hint(err error) string {
-	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
-		return "the server certificate is not signed by a trusted CA: set ServerCertificate to the PEM file of the server's CA (or of the server certificate)"
-	}
-	if he, ok := errors.AsType[x509.HostnameError](err); ok {
-		san := "DNS:" + he.Host
-		if net.ParseIP(he.Host) != nil {
-			san = "IP:" + he.Host
-		}
-		return fmt.Sprintf("the server certificate is not valid for %q: reissue it with subjectAltName=%s, or use the name it was issued for in the server URL", he.Host, san)
-	}
-	if ie, ok := errors.AsType[x509.CertificateInvalidError](err); ok {
-		if ie.Reason == x509.Expired {
-			return "the server certificate is expired or not yet valid: check the device clock (NTP) and the certificate dates"
-		}
-		return "the server certificate chain is not valid for TLS server authentication: check its key usage and CA constraints"
-	}
-	if ae, ok := errors.AsType[*APIError](err); ok {
-		if ae.StatusCode >= 300 && ae.StatusCode < 400 {
-			return "the server redirects API calls and the agent does not follow redirects: set ServerURL to the https address the server redirects to, or remove the redirect on the server or proxy"
-		}
-		switch ae.StatusCode {
-		case http.StatusNotFound:
-			return "the endpoint does not exist on this server: check the server URL"
-		case http.StatusConflict:
-			return "the server refused a change during an active deployment: artifact name or device type must not change mid-deployment"
-		case http.StatusUnsupportedMediaType, http.StatusBadRequest:
-			return "the server refused the request as malformed: check DeviceType, ArtifactName and inventory values"
-		}
-		return fmt.Sprintf("the server refused the request with %d: check the server logs for request_id %q", ae.StatusCode, ae.RequestID)
-	}
-	return "check the agent configuration"
-}
+// hint returns an actionable suggestion for a permanent failure: the
+// problem and fix from Diagnose, the classifier `device-agent check` uses.
+func hint(err error) string { return Diagnose(err).String() }
 
 // sleepCtx waits d or until ctx is done; it reports whether ctx is still live.
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -24,7 +24,9 @@ import (
 // checks and additionally accepts a legacy Common-Name-only server
 // certificate, which crypto/tls refuses. With SkipVerify nothing is verified.
 func (c *Client) newTLSConfig() (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	// HTTP/1.1 only, as Mender's clients speak it: the agent is built
+	// without net/http's HTTP/2 (nethttpomithttp2, see the Makefile).
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
 	if cred := c.opts.TLSCredential; cred != nil {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return clientCertificate(cred), nil
@@ -189,16 +191,19 @@ func legacyCNMatches(host, cn string) bool {
 }
 
 // newTransport returns the HTTP transport for cfg: proxy from the
-// environment, HTTP/2 when offered, and direct TLS connections verified
-// against the dialled host (forHost).
+// environment, HTTP/1.1 only (no HTTP/2 even when offered), and direct TLS
+// connections verified against the dialled host (forHost).
 func (c *Client) newTransport(cfg *tls.Config) *http.Transport {
 	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       cfg,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ForceAttemptHTTP2:     true,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     cfg,
+		TLSHandshakeTimeout: 10 * time.Second,
+		// HTTP/1.1 only: HTTP/2 is not attempted, and TLSNextProto is
+		// non-nil and empty, so net/http never adds it to this transport.
+		ForceAttemptHTTP2:     false,
+		TLSNextProto:          map[string]func(string, *tls.Conn) http.RoundTripper{},
 		MaxIdleConns:          8,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
@@ -212,8 +217,7 @@ func (c *Client) newTransport(cfg *tls.Config) *http.Transport {
 		if err != nil {
 			return nil, err
 		}
-		// tr.TLSClientConfig is read here, after the transport added its
-		// ALPN protocols to it on first use.
+		// tr.TLSClientConfig is read here, after any tuning of it.
 		conn := tls.Client(raw, c.forHost(tr.TLSClientConfig, host))
 		hctx, cancel := context.WithTimeout(ctx, tr.TLSHandshakeTimeout)
 		defer cancel()

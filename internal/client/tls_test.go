@@ -7,6 +7,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -250,7 +251,10 @@ func TestClientCertificateReadPerHandshake(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNoServer, "a refused handshake is a transport failure")
 }
 
-func TestHTTP2WhenOffered(t *testing.T) {
+// The device speaks HTTP/1.1 only, as Mender's clients do, even to a server
+// that offers HTTP/2: the agent is built without net/http's HTTP/2
+// (nethttpomithttp2), and nothing may depend on it.
+func TestHTTP1OnlyWhenHTTP2Offered(t *testing.T) {
 	ca := newCA(t, "Server CA")
 	f := newFakeServer(t)
 	srv := httptest.NewUnstartedServer(f)
@@ -267,6 +271,10 @@ func TestHTTP2WhenOffered(t *testing.T) {
 	reqs := f.requests("")
 	require.Len(t, reqs, 2)
 	for _, r := range reqs {
-		assert.Equal(t, 2, r.proto, "%s %s must use HTTP/2 through the verifying dialer", r.method, r.path)
+		assert.Equal(t, 1, r.proto, "%s %s must use HTTP/1.1 although the server offers HTTP/2", r.method, r.path)
 	}
+	tr, ok := c.hc.Transport.(*http.Transport)
+	require.True(t, ok, "the default transport is an *http.Transport")
+	assert.False(t, tr.ForceAttemptHTTP2, "HTTP/2 must not be attempted")
+	assert.Equal(t, []string{"http/1.1"}, tr.TLSClientConfig.NextProtos, "ALPN offers HTTP/1.1 only (also through a proxy)")
 }

@@ -141,11 +141,11 @@ func DefaultPaths(confDir, dataDir, datastoreDir string) (main, fallback string)
 // a JSON null counts as absent. Unknown keys become Config.Warnings.
 //
 // A missing file is skipped; when both are missing the error wraps
-// [ErrNoConfig]. Problems with the content are all returned at once, joined
-// with [errors.Join], each matching [ErrInvalid] and naming the file and key
-// ([*KeyError], [*SyntaxError]). Decoding problems (malformed JSON, wrong
-// types) are reported without the checks of combinations, which would only
-// repeat them.
+// [ErrNoConfig]. Problems with the content are all returned at once in a
+// [*LoadError], each matching [ErrInvalid] and naming the file and key
+// ([*KeyError], [*SyntaxError]), together with the warnings found so far.
+// Decoding problems (malformed JSON, wrong types) are reported without the
+// checks of combinations, which would only repeat them.
 func Load(opts LoadOptions) (*Config, error) {
 	d := newDecoder()
 	var f File
@@ -168,7 +168,7 @@ func Load(opts LoadOptions) (*Config, error) {
 		d.decodeFile(path, data, &f)
 	}
 	if len(readErrs) > 0 || len(d.errs) > 0 {
-		return nil, errors.Join(append(readErrs, d.errs...)...)
+		return nil, &LoadError{Problems: append(readErrs, d.errs...), Warnings: d.warnings}
 	}
 	if len(sources) == 0 {
 		if len(tried) == 0 {
@@ -181,13 +181,34 @@ func Load(opts LoadOptions) (*Config, error) {
 	// Keys set in neither file are reported against the file the user edits.
 	r := &resolver{f: &f, origin: d.origin, defaultFile: sources[len(sources)-1]}
 	if errs := r.validate(); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, &LoadError{Problems: errs, Warnings: d.warnings}
 	}
 	c := r.resolve(opts)
 	c.Sources = sources
 	c.Warnings = append(d.warnings, c.Warnings...)
 	return c, nil
 }
+
+// LoadError is the error [Load] returns when a config file cannot be read or
+// its content is unusable. Callers should print Warnings as well as the
+// problems: a warning often explains a problem, as the unknown key
+// "ServerUrl" (did you mean "ServerURL"?) explains "ServerURL is not set".
+// Like an [errors.Join] result it unwraps to the problems, so errors.Is and
+// errors.As see each of them.
+type LoadError struct {
+	// Problems are the errors, one per problem; content problems match
+	// [ErrInvalid] and name the file and key.
+	Problems []error
+	// Warnings are the warnings found before the problems stopped loading
+	// (unknown and duplicate keys), as in [Config.Warnings].
+	Warnings []string
+}
+
+// Error lists the problems one per line, as errors.Join does.
+func (e *LoadError) Error() string { return errors.Join(e.Problems...).Error() }
+
+// Unwrap returns the problems.
+func (e *LoadError) Unwrap() []error { return e.Problems }
 
 // Validate checks f on its own, as [Load] does after merging, and returns
 // every problem joined with [errors.Join]; each matches [ErrInvalid] and names
@@ -323,8 +344,10 @@ func (r *resolver) validate() []error {
 		add("ArtifactVerifyKeys", "cannot be used together with ArtifactVerifyKey (set in %s); keep only one of them",
 			r.fileOf("ArtifactVerifyKey"))
 	}
-	switch f.DeviceTier {
-	case "", TierStandard, TierMicro, TierSystem:
+	switch _, set := r.origin["DeviceTier"]; {
+	case f.DeviceTier == "" && set: // Mender 5.1 refuses it too
+		add("DeviceTier", `is ""; remove the key for the default (standard), or set standard, micro or system`)
+	case f.DeviceTier == "", f.DeviceTier == TierStandard, f.DeviceTier == TierMicro, f.DeviceTier == TierSystem:
 	default:
 		add("DeviceTier", "is %q; it must be one of standard, micro or system", f.DeviceTier)
 	}
@@ -349,6 +372,11 @@ func (r *resolver) resolve(opts LoadOptions) *Config {
 		DataDir:               orDefault(opts.DataDir, DefaultDataDir),
 		DatastoreDir:          orDefault(opts.DatastoreDir, DefaultDatastoreDir),
 		TPMDevice:             f.TPM.Device,
+	}
+	if c.DeviceTier == TierSystem {
+		c.Warnings = append(c.Warnings, `DeviceTier is "system": auth requests say tier "system", but this agent has no `+
+			`Mender Orchestrator support and checks for updates with device_type, not the system_type of a topology `+
+			`(Mender 5.1 uses system_type for system devices); use "standard" unless the server requires "system"`)
 	}
 
 	// Servers: validate has checked that every URL normalizes.

@@ -520,6 +520,48 @@ func TestLoadUnknownKeys(t *testing.T) {
 	})
 }
 
+// TestLoadErrorKeepsWarnings: a mistyped key is only a warning, but it is
+// usually why a required key is missing; the warning must reach the caller
+// together with the errors, not be dropped because validation failed.
+func TestLoadErrorKeepsWarnings(t *testing.T) {
+	tests := []struct {
+		name, conf  string
+		wantProblem string
+		wantWarning string
+	}{
+		{"typo leaves ServerURL unset", `{"ServerUrl":"https://a"}`,
+			"ServerURL", `unknown key "ServerUrl" (ignored; check the spelling: did you mean "ServerURL"?)`},
+		{"typo next to a wrong type", `{"ServerURL":"https://a","HttpsClinet":{},"UpdatePollIntervalSeconds":"5"}`,
+			"UpdatePollIntervalSeconds", `unknown key "HttpsClinet" (ignored; check the spelling: did you mean "HttpsClient"?)`},
+		{"duplicate key next to a bad value", `{"ServerURL":"https://a","DeviceTier":"x","DeviceTier":"gold"}`,
+			"DeviceTier", `duplicate key "DeviceTier"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			c, err := e.load(t, tt.conf, "")
+			require.Error(t, err)
+			assert.Nil(t, c)
+			assert.ErrorIs(t, err, config.ErrInvalid, "the problems are still visible through the LoadError")
+			assert.Contains(t, err.Error(), tt.wantProblem)
+			var le *config.LoadError
+			require.ErrorAs(t, err, &le, "content problems come as a *config.LoadError")
+			require.Len(t, le.Warnings, 1, "warnings: %q", le.Warnings)
+			assert.Contains(t, le.Warnings[0], e.main+": "+tt.wantWarning)
+			assert.NotEmpty(t, problems(t, err), "the problems unwrap one by one")
+		})
+	}
+
+	t.Run("no warnings", func(t *testing.T) {
+		e := newEnv(t)
+		_, err := e.load(t, `{"DeviceTier":"gold"}`, "")
+		var le *config.LoadError
+		require.ErrorAs(t, err, &le)
+		assert.Empty(t, le.Warnings)
+		assert.Len(t, le.Problems, 2, "ServerURL and DeviceTier: %v", err)
+	})
+}
+
 func TestLoadNoConfig(t *testing.T) {
 	t.Run("both files missing", func(t *testing.T) {
 		e := newEnv(t)

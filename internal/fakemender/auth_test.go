@@ -26,7 +26,9 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
-const recordedDir = "../../../shared/testdata/mender-3.5-auth-requests"
+// recordedDir holds the auth requests recorded from the Mender 3.5 Go client,
+// shared by the tests of several packages (see its README.md).
+const recordedDir = "../../testdata/mender-3.5-auth-requests"
 
 // recorded returns the body and signature Mender 3.5 sent for one key type.
 func recorded(t testing.TB, kind string) ([]byte, string) {

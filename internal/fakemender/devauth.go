@@ -42,12 +42,18 @@ type device struct {
 	InventoryUpdated time.Time          `json:"inventory_updated"`
 }
 
-// authSet is one (identity, normalized key) pair of a device.
+// authSet is one (identity, normalized key, tier) combination of a device,
+// as hosted Mender keys auth sets since device tiers (a device that changes
+// its tier gets a new pending set).
 type authSet struct {
 	ID     string    `json:"id"`
 	PubKey string    `json:"pubkey"`
 	Status string    `json:"status"`
 	TS     time.Time `json:"ts"`
+	// Tier is the device tier of the set. "" only for a set preauthorized
+	// without a tier (or stored by an older version): it matches an auth
+	// request of any tier and takes that request's tier.
+	Tier string `json:"tier,omitempty"`
 }
 
 func (d *device) authSet(id string) *authSet {
@@ -59,13 +65,20 @@ func (d *device) authSet(id string) *authSet {
 	return nil
 }
 
-func (d *device) authSetByKey(pubPEM string) *authSet {
+// authSetFor returns the auth set of key pubPEM for tier: the set with that
+// exact tier, else one without a tier. tier "" matches a set of any tier.
+func (d *device) authSetFor(pubPEM, tier string) *authSet {
+	var loose *authSet
 	for _, as := range d.AuthSets {
-		if as.PubKey == pubPEM {
+		switch {
+		case as.PubKey != pubPEM:
+		case as.Tier == tier && tier != "":
 			return as
+		case loose == nil && (as.Tier == "" || tier == ""):
+			loose = as
 		}
 	}
-	return nil
+	return loose
 }
 
 // status is the device status: accepted if any auth set is, else
@@ -97,6 +110,7 @@ func (d *device) view() menderapi.Device {
 	for _, as := range d.AuthSets {
 		out.AuthSets = append(out.AuthSets, menderapi.AuthSet{
 			ID: as.ID, IdentityData: maps.Clone(d.IdentityData), PubKey: as.PubKey, TS: as.TS, Status: as.Status,
+			Tier: as.Tier,
 		})
 	}
 	return out
@@ -113,9 +127,9 @@ func (s *Server) newDeviceLocked(ident map[string]any, hash string) *device {
 }
 
 // addAuthSetLocked appends a new auth set. Called with s.mu held.
-func (s *Server) addAuthSetLocked(d *device, pubPEM, status string) *authSet {
+func (s *Server) addAuthSetLocked(d *device, pubPEM, tier, status string) *authSet {
 	now := s.now()
-	as := &authSet{ID: newUUID(), PubKey: pubPEM, Status: status, TS: now}
+	as := &authSet{ID: newUUID(), PubKey: pubPEM, Status: status, TS: now, Tier: tier}
 	d.AuthSets = append(d.AuthSets, as)
 	d.UpdatedTS = now
 	return as
@@ -150,8 +164,10 @@ func (s *Server) removeDeviceLocked(d *device) {
 	s.decommissionDeploymentsLocked(d.ID)
 }
 
-// handleAuthRequest is POST auth_requests (§2.2): parse, signature header,
-// verify over the raw bytes, then the auth set state machine.
+// handleAuthRequest is POST auth_requests (§2.2): parse, validate the tier
+// (as hosted Mender does; absent means standard), signature header, verify
+// over the raw bytes, then the auth set state machine on (identity, key,
+// tier).
 func (s *Server) handleAuthRequest(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	body, ok := readBody(w, r, rc)
 	if !ok {
@@ -165,6 +181,12 @@ func (s *Server) handleAuthRequest(w http.ResponseWriter, r *http.Request, rc *r
 	}
 	rc.authHash = req.IdentityHash
 	rc.authKeyPrint = menderapi.Fingerprint(req.Key)
+	if req.Tier != "" && !menderapi.ValidTier(req.Tier) {
+		rc.authOutcome = OutcomeBadRequest
+		menderapi.WriteError(w, http.StatusBadRequest, fmt.Sprintf("%v: tier %q: must be standard, micro or system", menderapi.ErrBadRequest, req.Tier), rc.id)
+		return
+	}
+	tier := req.EffectiveTier()
 	sig := r.Header.Get(menderapi.HeaderSignature)
 	if sig == "" {
 		rc.authOutcome = OutcomeMissingSignature
@@ -187,10 +209,14 @@ func (s *Server) handleAuthRequest(w http.ResponseWriter, r *http.Request, rc *r
 		changed = true
 	}
 	rc.authDevID = d.ID
-	as := d.authSetByKey(req.NormalizedPubKey)
+	as := d.authSetFor(req.NormalizedPubKey, tier)
+	if as != nil && as.Tier == "" {
+		as.Tier = tier
+		changed = true
+	}
 	switch {
 	case as == nil:
-		as = s.addAuthSetLocked(d, req.NormalizedPubKey, menderapi.DevStatusPending)
+		as = s.addAuthSetLocked(d, req.NormalizedPubKey, tier, menderapi.DevStatusPending)
 		if s.opts.AutoAccept {
 			s.setAuthSetStatusLocked(d, as, menderapi.DevStatusAccepted)
 		}
@@ -207,7 +233,7 @@ func (s *Server) handleAuthRequest(w http.ResponseWriter, r *http.Request, rc *r
 		if changed && !s.mutatedLocked(w, rc) {
 			return
 		}
-		s.log.Info("auth request unauthorized", "device_id", d.ID, "key", rc.authKeyPrint, "auth_set", as.Status, "request_id", rc.id)
+		s.log.Info("auth request unauthorized", "device_id", d.ID, "key", rc.authKeyPrint, "tier", tier, "auth_set", as.Status, "request_id", rc.id)
 		menderapi.WriteError(w, http.StatusUnauthorized, "dev auth: unauthorized", rc.id)
 		return
 	}
@@ -221,7 +247,7 @@ func (s *Server) handleAuthRequest(w http.ResponseWriter, r *http.Request, rc *r
 		return
 	}
 	rc.authOutcome = OutcomeAccepted
-	s.log.Info("auth request accepted", "device_id", d.ID, "key", rc.authKeyPrint, "token", menderapi.TokenFingerprint(tok), "request_id", rc.id)
+	s.log.Info("auth request accepted", "device_id", d.ID, "key", rc.authKeyPrint, "tier", tier, "token", menderapi.TokenFingerprint(tok), "request_id", rc.id)
 	w.Header().Set(menderapi.HeaderContentType, menderapi.ContentTypeJWT)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write([]byte(tok))
@@ -500,11 +526,14 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, _ *http.Request, rc *r
 }
 
 // preauthBody is the preauth request with identity_data kept raw so that a
-// non-object is a validation error, not silently dropped.
+// non-object is a validation error, not silently dropped. Tier is this fake's
+// extension (the open-source API has none): "" preauthorizes the key for
+// whatever tier the device then sends.
 type preauthBody struct {
 	IdentityData json.RawMessage `json:"identity_data"`
 	PubKey       string          `json:"pubkey"`
 	Force        bool            `json:"force"`
+	Tier         string          `json:"tier"`
 }
 
 // handlePreauth is POST devauth devices (§4.2): 201 with Location, 409 with
@@ -530,6 +559,10 @@ func (s *Server) handlePreauth(w http.ResponseWriter, r *http.Request, rc *reqCt
 		menderapi.WriteError(w, http.StatusBadRequest, "pubkey: cannot be blank", rc.id)
 		return
 	}
+	if pb.Tier != "" && !menderapi.ValidTier(pb.Tier) {
+		menderapi.WriteError(w, http.StatusBadRequest, fmt.Sprintf("tier %q: must be standard, micro or system, or left out", pb.Tier), rc.id)
+		return
+	}
 	key, err := menderapi.ParsePublicKeyPEM(pb.PubKey)
 	if err != nil {
 		menderapi.WriteError(w, http.StatusBadRequest, "pubkey: "+err.Error(), rc.id)
@@ -549,16 +582,19 @@ func (s *Server) handlePreauth(w http.ResponseWriter, r *http.Request, rc *reqCt
 	switch {
 	case d == nil:
 		d = s.newDeviceLocked(ident, hash)
-		s.addAuthSetLocked(d, norm, menderapi.DevStatusPreauthorized)
+		s.addAuthSetLocked(d, norm, pb.Tier, menderapi.DevStatusPreauthorized)
 		location = d.ID
 	case !pb.Force:
 		writeJSON(w, http.StatusConflict, d.view())
 		return
 	default:
-		if as := d.authSetByKey(norm); as == nil {
-			s.addAuthSetLocked(d, norm, menderapi.DevStatusPreauthorized)
+		if as := d.authSetFor(norm, pb.Tier); as == nil {
+			s.addAuthSetLocked(d, norm, pb.Tier, menderapi.DevStatusPreauthorized)
 		} else if as.Status != menderapi.DevStatusAccepted {
 			s.setAuthSetStatusLocked(d, as, menderapi.DevStatusPreauthorized)
+			if pb.Tier != "" {
+				as.Tier = pb.Tier
+			}
 		}
 		location = newUUID() // deviceauth quirk: a fresh id, not the device's
 	}

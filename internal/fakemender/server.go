@@ -1,10 +1,12 @@
 // Package fakemender is an in-memory Mender backend for tests and load runs:
 // one http.Handler that plays deviceauth, useradm, inventory and deployments
-// as faithfully as shared/docs/mender-protocol.md §10 asks.
+// as faithfully as docs/protocol.md §10 asks (the "§N" in this package cite
+// that page).
 //
 // Device authentication verifies X-MEN-Signature over the raw body with
 // [menderapi.VerifyAuthRequest], keys devices on the canonical identity hash
-// and auth sets on (hash, normalized key), and issues real signed JWTs
+// and auth sets on (hash, normalized key, device tier; no tier means
+// standard), and issues real signed JWTs
 // (EdDSA or RS256) with the claims of §3. Device endpoints verify those
 // tokens like the real gateway does. Management endpoints take a management
 // JWT from the useradm login. Accessors ([Server.Devices], [Server.Stats],

@@ -125,6 +125,9 @@ type collector struct {
 	allAccepted atomic.Int64 // time from start until every device was accepted, +1ns; 0 = not yet
 
 	depStarted, depSucceeded, depFailed, depAborted, depIncomplete, depBytes atomic.Uint64
+	// depFailedOnPurpose counts the failures decided by Options.FailRate
+	// (a subset of depFailed).
+	depFailedOnPurpose atomic.Uint64
 
 	memBaseline uint64
 	memPeak     atomic.Uint64

@@ -214,7 +214,11 @@ func (d *device) deploy(ctx context.Context, dep *menderapi.DeploymentInstructio
 		}
 	}
 	if d.f.opts.FailRate > 0 && d.f.rand() < d.f.opts.FailRate {
-		return d.fail(ctx, dep, "simulated installation failure (fail rate "+fmt.Sprint(d.f.opts.FailRate)+")")
+		out := d.fail(ctx, dep, "simulated installation failure (fail rate "+fmt.Sprint(d.f.opts.FailRate)+")")
+		if out == outcomeFailed {
+			d.f.col.depFailedOnPurpose.Add(1)
+		}
+		return out
 	}
 	if err := report(menderapi.StatusSuccess); err != nil {
 		return stopped(err)

@@ -32,6 +32,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -340,8 +341,9 @@ func (f *Fleet) Run(ctx context.Context) (*Report, error) {
 
 // Progress is a live view of a run.
 type Progress struct {
-	// Elapsed is the time since Run started.
-	Elapsed time.Duration
+	// Elapsed is the time since Run started; Total is Options.Duration (0
+	// when the run lasts until its context is done).
+	Elapsed, Total time.Duration
 	// Devices is the fleet size; Started how many devices were launched.
 	Devices, Started int
 	// Accepted devices authenticated at least once; Pending ones got 401
@@ -354,15 +356,68 @@ type Progress struct {
 	RPS              float64
 }
 
-// String renders the progress as one line.
+// ProgressWidth is the most characters Progress.String returns: one
+// 80-column terminal line with the cursor kept on it.
+const ProgressWidth = 79
+
+// String renders the progress as one line of at most ProgressWidth
+// characters: elapsed/total time (mm:ss, or h:mm:ss), accepted/devices,
+// started (while ramping up), pending, failing, request rate and errors.
+// Long numbers shorten the labels rather than wrap the line.
 func (p Progress) String() string {
-	return fmt.Sprintf("%6.1fs  accepted %d/%d  pending %d  failing %d  started %d  %.0f req/s  requests %d  errors %d",
-		p.Elapsed.Seconds(), p.Accepted, p.Devices, p.Pending, p.Failing, p.Started, p.RPS, p.Requests, p.Errors)
+	clock := shortDuration(p.Elapsed)
+	if p.Total > 0 {
+		clock += "/" + shortDuration(p.Total)
+	}
+	type field struct{ long, short string }
+	fields := []field{
+		{fmt.Sprintf("accepted %d/%d", p.Accepted, p.Devices), fmt.Sprintf("acc %d/%d", p.Accepted, p.Devices)},
+	}
+	if p.Started < p.Devices {
+		fields = append(fields, field{fmt.Sprintf("started %d", p.Started), fmt.Sprintf("st %d", p.Started)})
+	}
+	fields = append(fields,
+		field{fmt.Sprintf("pending %d", p.Pending), fmt.Sprintf("pend %d", p.Pending)},
+		field{fmt.Sprintf("failing %d", p.Failing), fmt.Sprintf("fail %d", p.Failing)},
+		field{fmt.Sprintf("%.0f req/s", p.RPS), fmt.Sprintf("%.0f/s", p.RPS)},
+		field{fmt.Sprintf("errors %d", p.Errors), fmt.Sprintf("err %d", p.Errors)},
+	)
+	for _, form := range []struct {
+		sep   string
+		short bool
+	}{{"  ", false}, {" ", false}, {" ", true}} {
+		parts := []string{clock}
+		for _, f := range fields {
+			label := f.long
+			if form.short {
+				label = f.short
+			}
+			parts = append(parts, label)
+		}
+		if line := strings.Join(parts, form.sep); len(line) <= ProgressWidth {
+			return line
+		}
+	}
+	parts := []string{clock}
+	for _, f := range fields {
+		parts = append(parts, f.short)
+	}
+	return strings.Join(parts, " ")[:ProgressWidth]
+}
+
+// shortDuration writes d as mm:ss, or h:mm:ss from one hour on.
+func shortDuration(d time.Duration) string {
+	s := int64(max(d, 0).Round(time.Second) / time.Second)
+	if s >= 3600 {
+		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
+	}
+	return fmt.Sprintf("%02d:%02d", s/60, s%60)
 }
 
 // Progress returns the current state of the run.
 func (f *Fleet) Progress() Progress {
 	p := Progress{
+		Total:    f.opts.Duration,
 		Devices:  len(f.devices),
 		Started:  int(f.started.Load()),
 		Accepted: int(f.col.accepted.Load()),
@@ -411,6 +466,7 @@ func (f *Fleet) report(ended time.Time) *Report {
 		Memory:        Memory{PeakBytes: c.memPeak.Load(), BaselineBytes: c.memBaseline},
 		Deployments: Deployments{
 			Started: c.depStarted.Load(), Succeeded: c.depSucceeded.Load(), Failed: c.depFailed.Load(),
+			FailedOnPurpose: c.depFailedOnPurpose.Load(), FailRate: f.opts.FailRate,
 			Aborted: c.depAborted.Load(), Incomplete: c.depIncomplete.Load(), DownloadedBytes: c.depBytes.Load(),
 		},
 		Operations: map[string]*OpReport{},

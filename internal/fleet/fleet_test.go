@@ -196,7 +196,7 @@ func TestFleetDeployments(t *testing.T) {
 		want       Deployments
 	}{
 		{name: "success and new artifact name", wantStatus: menderapi.StatusSuccess, want: Deployments{Started: 3, Succeeded: 3}},
-		{name: "failure at the fail rate with a log", failRate: 1, wantStatus: menderapi.StatusFailure, want: Deployments{Started: 3, Failed: 3}},
+		{name: "failure at the fail rate with a log", failRate: 1, wantStatus: menderapi.StatusFailure, want: Deployments{Started: 3, Failed: 3, FailedOnPurpose: 3, FailRate: 1}},
 		{name: "aborted on the server", abort: true, wantStatus: fakemender.StatusAborted, want: Deployments{Started: 3, Aborted: 3}},
 	}
 	for _, tt := range tests {

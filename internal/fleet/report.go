@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -114,6 +115,12 @@ type Deployments struct {
 	// Failed counts deployments reported as failure (simulated at the fail
 	// rate, or a length or checksum mismatch), each with a log upload.
 	Failed uint64 `json:"failed"`
+	// FailedOnPurpose is the part of Failed decided by the fail rate.
+	FailedOnPurpose uint64 `json:"failed_on_purpose"`
+	// FailRate is the configured fraction of deployments the devices fail
+	// on purpose (Options.FailRate, `simulator run --deployment-fail-rate`);
+	// for a merged report the largest of the shards'.
+	FailRate float64 `json:"fail_rate"`
 	// Aborted counts deployments stopped by a 409 (aborted on the server).
 	Aborted uint64 `json:"aborted"`
 	// Incomplete counts deployments left unfinished: retries exhausted or
@@ -297,6 +304,8 @@ func Merge(reports ...*Report) (*Report, error) {
 		d.Started += r.Deployments.Started
 		d.Succeeded += r.Deployments.Succeeded
 		d.Failed += r.Deployments.Failed
+		d.FailedOnPurpose += r.Deployments.FailedOnPurpose
+		d.FailRate = max(d.FailRate, r.Deployments.FailRate)
 		d.Aborted += r.Deployments.Aborted
 		d.Incomplete += r.Deployments.Incomplete
 		d.DownloadedBytes += r.Deployments.DownloadedBytes
@@ -413,10 +422,15 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Accepted, r.Devices, tta, r.Pending, r.Failing)
 	fmt.Fprintf(&b, "requests     %d, errors %d, canceled at stop %d\n", r.RequestsTotal, r.ErrorsTotal, r.Canceled)
 	fmt.Fprintf(&b, "handshakes   %d full, %d resumed\n", r.Handshakes.Full, r.Handshakes.Resumed)
-	fmt.Fprintf(&b, "memory       peak %.1f MiB, %.1f KiB per device\n", float64(r.Memory.PeakBytes)/(1<<20), r.Memory.PerDeviceKiB)
+	fmt.Fprintf(&b, "memory       peak %.1f MiB; %.1f KiB per device, measured with %d devices\n",
+		float64(r.Memory.PeakBytes)/(1<<20), r.Memory.PerDeviceKiB, r.Devices)
 	d := r.Deployments
-	fmt.Fprintf(&b, "deployments  %d started: %d succeeded, %d failed, %d aborted, %d incomplete; %d bytes downloaded\n\n",
+	fmt.Fprintf(&b, "deployments  %d started: %d succeeded, %d failed, %d aborted, %d incomplete; %d bytes downloaded\n",
 		d.Started, d.Succeeded, d.Failed, d.Aborted, d.Incomplete, d.DownloadedBytes)
+	if why := d.failureReasons(); why != "" {
+		fmt.Fprintf(&b, "             %s\n", why)
+	}
+	b.WriteString("\n")
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
 	}
@@ -427,6 +441,29 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t\n", name, o.Count, o.Errors, o.P50Ms, o.P90Ms, o.P99Ms, o.MaxMs, kinds(o.ErrorsByKind))
 	}
 	return tw.Flush()
+}
+
+// failureReasons explains Failed: how many failures were on purpose, at
+// the configured fail rate, and how many were not; "" with no failure.
+func (d Deployments) failureReasons() string {
+	if d.Failed == 0 {
+		return ""
+	}
+	other := d.Failed - min(d.FailedOnPurpose, d.Failed)
+	var parts []string
+	if d.FailedOnPurpose > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed on purpose: the devices fail %s of deployments (deployment fail rate), with a log upload",
+			d.FailedOnPurpose, percent(d.FailRate)))
+	}
+	if other > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed on a wrong artifact length or checksum (see the deployment logs)", other))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// percent writes a fraction as a percentage without needless decimals.
+func percent(f float64) string {
+	return strconv.FormatFloat(math.Round(f*1000)/10, 'f', -1, 64) + " %"
 }
 
 // OperationNames returns the operations in display order: the standard

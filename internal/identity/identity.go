@@ -2,8 +2,10 @@
 // attributes the way Mender does (protocol notes §6, §7.2): by running the
 // identity script and the inventory scripts from Mender's data directory and
 // parsing their key=value output. Without an identity script it falls back to
-// the MAC address of the lowest-ifindex Ethernet interface, as Mender's stock
-// script does. It knows nothing about HTTP; cmd/ hands [Collect] to the client.
+// the MAC address of an Ethernet interface: one with a permanent MAC address
+// that is up when there is one, else the best there is with a warning (see
+// [Identify]); among equals the lowest ifindex, as Mender's stock script
+// picks. It knows nothing about HTTP; cmd/ hands [Identify] to the client.
 //
 // Scripts run directly (no shell) with a timeout; their stdout is bounded and
 // the first line of their stderr is kept for error messages.
@@ -11,6 +13,7 @@ package identity
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -64,7 +68,9 @@ type Options struct {
 	// Logger receives debug and info messages; nil discards them.
 	Logger *slog.Logger
 	// SysClassNet is the sysfs network directory read for the MAC address
-	// fallback; "" means /sys/class/net. Tests point it at a fake tree.
+	// fallback (type, address, ifindex, addr_assign_type, flags and
+	// operstate of each interface); "" means /sys/class/net. Tests point it
+	// at a fake tree.
 	SysClassNet string
 }
 
@@ -130,31 +136,71 @@ func excerpt(b []byte) string {
 	return string(b)
 }
 
-// Collect returns the device identity. When the identity script exists it
+// Result is a device identity and what a caller should tell the user about it.
+type Result struct {
+	// Attributes are the identity attributes; never empty on success.
+	Attributes map[string][]string
+	// Interface names the network interface whose MAC address is the
+	// identity; "" when the identity script produced it.
+	Interface string
+	// Warnings are one-line explanations, each with its fix, of why the
+	// identity may not stay the same: the MAC address fallback had to use a
+	// random MAC address or an interface that is down. The caller logs them.
+	Warnings []string
+}
+
+// Identify returns the device identity. When the identity script exists it
 // runs it and returns its attributes; a script that is not executable, exits
 // non-zero (the error carries the first line of its stderr), times out, or
 // prints malformed, non-UTF-8 or no output is an error naming the script.
+//
 // Without a script it returns {"mac": ["xx:xx:xx:xx:xx:xx"]}, the MAC address
-// of the Ethernet interface (sysfs type 1, not dummy*, MAC not all zero) with
-// the lowest ifindex; when there is none the error wraps [ErrNoIdentity].
-func Collect(ctx context.Context, opts Options) (map[string][]string, error) {
+// of an Ethernet interface (sysfs type 1, not dummy*, MAC not all zero). It
+// prefers, in this order: a permanent MAC address (addr_assign_type 0) over
+// one set by software, over a random one, which may change at reboot; an
+// interface that is administratively up (IFF_UP) over one that is down; the
+// lowest ifindex. Using a random MAC address or an interface that is down
+// adds a warning. When there is no such interface the error wraps
+// [ErrNoIdentity].
+func Identify(ctx context.Context, opts Options) (Result, error) {
 	log := opts.logger()
 	script := filepath.Join(opts.dataDir(), filepath.FromSlash(IdentityScript))
 	st, err := os.Stat(script)
 	switch {
 	case err == nil:
-		return runIdentity(ctx, script, st, opts, log)
+		attrs, err := runIdentity(ctx, script, st, opts, log)
+		return Result{Attributes: attrs}, err
 	case !errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("identity: %w; fix its permissions or remove it to use the MAC address", err)
+		return Result{}, fmt.Errorf("identity: %w; fix its permissions or remove it to use the MAC address", err)
 	}
 
-	iface, mac, err := etherMAC(opts.sysClassNet())
+	nics, err := etherNICs(opts.sysClassNet())
 	if err != nil {
-		return nil, fmt.Errorf("identity: %w; install an identity script at %s that prints key=value lines (e.g. serial=1234)",
+		return Result{}, fmt.Errorf("identity: %w; install an identity script at %s that prints key=value lines (e.g. serial=1234)",
 			err, script)
 	}
-	log.Info("no identity script; using the MAC address as identity", "script", script, "iface", iface, "mac", mac)
-	return map[string][]string{"mac": {mac}}, nil
+	best := nics[0]
+	args := []any{"script", script, "iface", best.name, "mac", best.mac}
+	if stock := slices.MinFunc(nics, func(a, b nic) int { return cmp.Compare(a.index, b.index) }); stock.name != best.name {
+		// Mender's stock identity script takes the lowest ifindex regardless.
+		args = append(args, "mender_stock_script_iface", stock.name)
+	}
+	log.Info("no identity script; using the MAC address as identity", args...)
+	return Result{Attributes: map[string][]string{"mac": {best.mac}}, Interface: best.name,
+		Warnings: macWarnings(best, script)}, nil
+}
+
+// Collect is [Identify] for callers that only need the attributes: it logs
+// the warnings to Options.Logger at warn level and returns the attributes.
+func Collect(ctx context.Context, opts Options) (map[string][]string, error) {
+	res, err := Identify(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range res.Warnings {
+		opts.logger().Warn(w)
+	}
+	return res.Attributes, nil
 }
 
 // runIdentity runs the identity script at path and parses its output.

@@ -174,6 +174,9 @@ func (k *Key) loadChain() (fs.FileInfo, []*x509.Certificate, error) {
 		return st, nil, fmt.Errorf("open certificate: %w", err)
 	}
 	chain, err := pki.ParseCertsPEM(data)
+	if err != nil && !hasPEMBlock(data, isCertificateType) && hasPEMBlock(data, isPrivateKeyType) {
+		return st, nil, fmt.Errorf("open certificate %s: %w: the file holds a private key, not a certificate: point the certificate path at the key's certificate (PEM CERTIFICATE)", k.certFile, err)
+	}
 	if err != nil {
 		return st, nil, fmt.Errorf("open certificate %s: %w: want PEM certificates, the key's own first", k.certFile, err)
 	}

@@ -31,6 +31,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,9 @@ var (
 	// object this agent cannot use (including passphrase-protected PEM
 	// files, "tpm:" references and restricted or non-signing TPM objects).
 	ErrUnsupported = errors.New("unsupported key")
+	// ErrSwapped means the key file holds a certificate and the certificate
+	// file a private key: the two paths were given the wrong way round.
+	ErrSwapped = errors.New("key and certificate look swapped")
 	// ErrPKCS11 means a "pkcs11:" reference.
 	ErrPKCS11 = errors.New("pkcs11 keys are not supported by this agent")
 	// ErrClosed means the Key was used after Close.
@@ -135,7 +139,9 @@ func hasPrefixFold(s, prefix string) bool {
 }
 
 // Open turns a key reference into a Key. A plain path is a PEM private key
-// file; its mode must not give group or others any access. "pkcs11:..." gives
+// file; its mode must not give group or others any access. A certificate
+// file given as the key gives ErrUnsupported, or ErrSwapped when
+// opts.CertFile holds a private key (the two paths swapped). "pkcs11:..." gives
 // ErrPKCS11; "tpm:..." gives ErrUnsupported (write "handle:0x..." instead).
 // "handle:0x81000100" opens the TPM key persisted at that handle in
 // opts.TPM or opts.TPMDevice and verifies a test signature; errors wrap
@@ -162,7 +168,7 @@ func Open(ctx context.Context, ref string, opts Options) (*Key, error) {
 	case refTPM:
 		signer, closer, err = openTPMSigner(ctx, ref, opts)
 	default:
-		signer, err = loadKeyFile(path)
+		signer, err = loadKeyFile(path, opts.CertFile)
 	}
 	if err != nil {
 		return nil, err
@@ -202,8 +208,10 @@ func redactURI(ref string) string {
 	return ref
 }
 
-// loadKeyFile reads and checks a PEM private key file.
-func loadKeyFile(path string) (crypto.Signer, error) {
+// loadKeyFile reads and checks a PEM private key file. certFile, when not
+// empty, is the certificate file configured with it, read only to tell a
+// swapped pair from a certificate given as the key.
+func loadKeyFile(path, certFile string) (crypto.Signer, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -214,12 +222,22 @@ func loadKeyFile(path string) (crypto.Signer, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("open key %s: %w: not a regular file: point to a PEM key file", path, ErrUnsupported)
 	}
+	// The content is looked at before the mode: a certificate given as the
+	// key is world-readable, and chmod would not make it a key.
+	data, readErr := os.ReadFile(path)
+	if readErr == nil && !hasPEMBlock(data, isPrivateKeyType) && hasPEMBlock(data, isCertificateType) {
+		if certFile != "" && fileHasPEMBlock(certFile, isPrivateKeyType) {
+			return nil, fmt.Errorf("open key %s: %w: %s (given as the key) holds a certificate and %s (given as the certificate) holds a private key: swap the two paths",
+				path, ErrSwapped, path, certFile)
+		}
+		return nil, fmt.Errorf("open key %s: %w: the file holds a certificate (PEM \"CERTIFICATE\"), not a private key: point the key path at the certificate's private key file",
+			path, ErrUnsupported)
+	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("open key %s: %w: mode %04o gives group or others access: run chmod 600 %s", path, ErrInsecurePermissions, perm, path)
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("open key: %w", err)
+	if readErr != nil {
+		return nil, fmt.Errorf("open key: %w", readErr)
 	}
 	signer, err := pki.ParsePrivateKeyPEM(data)
 	switch {
@@ -236,6 +254,34 @@ func loadKeyFile(path string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("open key %s: %w", path, err)
 	}
 	return signer, nil
+}
+
+// isPrivateKeyType reports whether a PEM block type is a private key of any
+// encoding ("PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY", ...).
+func isPrivateKeyType(typ string) bool { return strings.HasSuffix(typ, "PRIVATE KEY") }
+
+// isCertificateType reports whether a PEM block type is a certificate.
+func isCertificateType(typ string) bool { return typ == "CERTIFICATE" || typ == "TRUSTED CERTIFICATE" }
+
+// hasPEMBlock reports whether data holds a PEM block whose type satisfies is.
+// Only block types are looked at; nothing of the content is kept.
+func hasPEMBlock(data []byte, is func(string) bool) bool {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return false
+		}
+		if is(b.Type) {
+			return true
+		}
+	}
+}
+
+// fileHasPEMBlock is hasPEMBlock for a file; false when it cannot be read.
+func fileHasPEMBlock(path string, is func(string) bool) bool {
+	data, err := os.ReadFile(path)
+	return err == nil && hasPEMBlock(data, is)
 }
 
 // checkStrength accepts RSA keys of at least MinRSABits, ECDSA keys on

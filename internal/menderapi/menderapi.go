@@ -6,7 +6,8 @@
 // The device agent (internal/client) builds and signs auth requests with
 // [BuildAuthRequest] and [Sign]; the fake backend (internal/fakemender) and the
 // test ambassador verify them with [VerifyAuthRequest], so the two sides cannot
-// drift apart. Everything here follows shared/docs/mender-protocol.md.
+// drift apart. Everything here follows docs/protocol.md, whose section
+// numbers the comments below cite as "§N".
 package menderapi
 
 import "time"
@@ -49,13 +50,40 @@ const (
 const MaxBodySize = 1 << 20
 
 // AuthRequest is the body of POST auth_requests. Field order is that of the
-// Mender 3.x Go client: id_data, tenant_token, pubkey.
+// Mender 3.x Go client: id_data, tenant_token, pubkey (see [BuildAuthRequest]);
+// Mender 5.1 adds tier and sorts the keys (see [BuildAuthRequestTier]).
 type AuthRequest struct {
 	// IDData is the identity as a JSON object encoded into a string.
 	IDData      string `json:"id_data"`
 	TenantToken string `json:"tenant_token"`
 	// PubKey is a PKIX "PUBLIC KEY" PEM block.
 	PubKey string `json:"pubkey"`
+	// Tier is the device tier the client sent (Mender 5.1 and later: one of
+	// TierStandard, TierMicro, TierSystem); "" when the body has none, as
+	// from Mender 3.x, which servers take as TierStandard. Parsing does not
+	// validate it: the open-source server ignores it. See [AuthRequest.EffectiveTier].
+	Tier string `json:"tier,omitempty"`
+}
+
+// Device tiers (§2.1): the auth request's tier and mender.conf's DeviceTier.
+const (
+	TierStandard = "standard" // embedded Linux devices; also what an absent tier means
+	TierMicro    = "micro"    // microcontrollers (mender-mcu)
+	TierSystem   = "system"   // Mender Orchestrator systems
+)
+
+// ValidTier reports whether t is one of the three device tiers. It is
+// case-sensitive, as Mender 5.1's DeviceTier check is; "" is not a tier.
+func ValidTier(t string) bool {
+	return t == TierStandard || t == TierMicro || t == TierSystem
+}
+
+// EffectiveTier returns r.Tier, or TierStandard when the body had none.
+func (r *AuthRequest) EffectiveTier() string {
+	if r.Tier == "" {
+		return TierStandard
+	}
+	return r.Tier
 }
 
 // InventoryAttribute is one element of the inventory PUT/PATCH body. Value is a
@@ -165,6 +193,10 @@ type PreauthRequest struct {
 	IdentityData map[string]any `json:"identity_data"`
 	PubKey       string         `json:"pubkey"`
 	Force        bool           `json:"force,omitempty"`
+	// Tier preauthorizes the key for one device tier only. Not part of the
+	// open-source API (which has no tier here); internal/fakemender accepts
+	// it. "" means the key is preauthorized for whatever tier the device sends.
+	Tier string `json:"tier,omitempty"`
 }
 
 // Auth set and device statuses (§4.3).
@@ -188,13 +220,16 @@ type Device struct {
 	AuthSets        []AuthSet      `json:"auth_sets"`
 }
 
-// AuthSet is one (identity, key) pair of a device.
+// AuthSet is one (identity, key, tier) combination of a device.
 type AuthSet struct {
 	ID           string         `json:"id"`
 	IdentityData map[string]any `json:"identity_data"`
 	PubKey       string         `json:"pubkey"`
 	TS           time.Time      `json:"ts"`
 	Status       string         `json:"status"`
+	// Tier is the device tier of the auth set (hosted Mender stores it with
+	// the set); "" from servers that do not report it, meaning TierStandard.
+	Tier string `json:"tier,omitempty"`
 }
 
 // StatusUpdate is the body of PUT .../devices/{id}/auth/{aid}/status.

@@ -153,10 +153,12 @@ func TokenFingerprint(tok string) string {
 	return "sha256:" + hex.EncodeToString(sum[:6])
 }
 
-// BuildAuthRequest returns the exact auth request body bytes: id_data (the
-// compact identity JSON as a string), tenant_token and pubkey, encoded like
-// the Mender 3.x Go client with json.Encoder (a trailing newline included).
-// Sign these bytes and send them unchanged.
+// BuildAuthRequest returns the exact auth request body bytes of a Mender 3.x
+// client, which sends no tier: id_data (the compact identity JSON as a
+// string), tenant_token and pubkey, encoded like the Mender 3.x Go client
+// with json.Encoder (a trailing newline included). The device agent sends
+// [BuildAuthRequestTier]'s layout instead. Sign these bytes and send them
+// unchanged.
 func BuildAuthRequest(idData string, pub crypto.PublicKey, tenantToken string) ([]byte, error) {
 	pemKey, err := MarshalPublicKeyPEM(pub)
 	if err != nil {
@@ -168,6 +170,41 @@ func BuildAuthRequest(idData string, pub crypto.PublicKey, tenantToken string) (
 		return nil, fmt.Errorf("encode auth request: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// authRequest51 is the body of the Mender 5.1 C++ client: keys sorted,
+// tenant_token left out when empty, tier always present.
+type authRequest51 struct {
+	IDData      string `json:"id_data"`
+	PubKey      string `json:"pubkey"`
+	TenantToken string `json:"tenant_token,omitempty"`
+	Tier        string `json:"tier"`
+}
+
+// BuildAuthRequestTier returns the exact auth request body bytes that Mender
+// 5.1 sends (recorded in testdata/mender-5.1-auth-requests): the keys
+// id_data, pubkey, tenant_token and tier in that (sorted) order, compact,
+// without a trailing newline, and without tenant_token when it is "". tier
+// must be TierStandard, TierMicro or TierSystem. Strings are escaped as the
+// C++ client's JSON library escapes them: no HTML escaping of <, > and &,
+// short forms for \b \f \n \r \t, \u00xx for other control characters; only
+// U+2028 and U+2029 differ (escaped here, raw there). Sign these bytes and
+// send them unchanged.
+func BuildAuthRequestTier(idData string, pub crypto.PublicKey, tenantToken, tier string) ([]byte, error) {
+	if !ValidTier(tier) {
+		return nil, fmt.Errorf("device tier %q: want %s, %s or %s", tier, TierStandard, TierMicro, TierSystem)
+	}
+	pemKey, err := MarshalPublicKeyPEM(pub)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(authRequest51{IDData: idData, PubKey: pemKey, TenantToken: tenantToken, Tier: tier}); err != nil {
+		return nil, fmt.Errorf("encode auth request: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
 }
 
 // ParsedAuthRequest is an auth request that passed validation.

@@ -25,7 +25,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
-const recorded = "../../../shared/testdata/mender-3.5-auth-requests"
+// recorded holds the auth requests recorded from the Mender 3.5 Go client,
+// shared by the tests of several packages (see its README.md).
+const recorded = "../../testdata/mender-3.5-auth-requests"
 
 type recordedRequest struct {
 	name string
@@ -40,7 +42,7 @@ func loadRecorded(t *testing.T) []recordedRequest {
 	for _, name := range []string{"ecdsa-p256", "rsa2048", "ed25519"} {
 		dir := filepath.Join(recorded, name)
 		body, err := os.ReadFile(filepath.Join(dir, "body.bin"))
-		require.NoError(t, err, "the recorded Mender 3.5 requests live in shared/testdata beside the repo")
+		require.NoError(t, err, "the recorded Mender 3.5 requests live in the repository's top-level testdata/")
 		sig, err := os.ReadFile(filepath.Join(dir, "x-men-signature.txt"))
 		require.NoError(t, err)
 		certPEM, err := os.ReadFile(filepath.Join(dir, "client.crt"))

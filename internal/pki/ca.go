@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -8,9 +9,11 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -22,6 +25,35 @@ const (
 	KeyFileMode  os.FileMode = 0o600
 	CertFileMode os.FileMode = 0o644
 )
+
+// File names in a CA directory: the certificate and key that `simulator
+// pki init` and `simulator serve` write, and the key name of Mender's mTLS
+// guide (`openssl ecparam -genkey ... -out ca-private.key`), which CAFiles
+// also finds.
+const (
+	CACertName     = "ca.crt"
+	CAKeyName      = "ca.key"
+	GuideCAKeyName = "ca-private.key"
+)
+
+// CAFiles returns the paths of the CA certificate and key in dir:
+// dir/ca.crt, and dir/ca.key, or dir/ca-private.key when only that one
+// exists, so a directory made with the openssl commands of Mender's mTLS
+// guide works as it is.
+func CAFiles(dir string) (cert, key string) {
+	cert, key = filepath.Join(dir, CACertName), filepath.Join(dir, CAKeyName)
+	if _, err := os.Lstat(key); errors.Is(err, fs.ErrNotExist) {
+		if guide := filepath.Join(dir, GuideCAKeyName); fileExists(guide) {
+			key = guide
+		}
+	}
+	return cert, key
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
 
 // backdate is how far before "now" a new certificate becomes valid, so that
 // a peer whose clock is slightly behind accepts it at once.
@@ -125,10 +157,31 @@ func randomSerial() (*big.Int, error) {
 	}
 }
 
+// IsCACert reports whether c may sign certificates: it has basic
+// constraints CA:TRUE, or it is a self-signed version-1 certificate. Version
+// 1 has no extensions, so no basic constraints; OpenSSL treats a
+// self-signed one as a CA (root), and Mender's mTLS guide makes its CA that
+// way (`openssl req -new -x509 -config ca.conf` without x509_extensions).
+// A version-1 certificate that is not self-signed (what `openssl x509 -req`
+// issues) is a leaf.
+func IsCACert(c *x509.Certificate) bool {
+	if c.BasicConstraintsValid {
+		return c.IsCA
+	}
+	return isSelfSignedV1(c)
+}
+
+// isSelfSignedV1 reports whether c is a version-1 certificate whose issuer
+// is its subject and whose signature verifies with its own key.
+func isSelfSignedV1(c *x509.Certificate) bool {
+	return c.Version == 1 && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
+
 // LoadCA reads a CA certificate (the first certificate in certPath) and its
 // private key (keyPath, any form ParsePrivateKeyPEM accepts). It fails when
-// the certificate is not a CA or the key does not belong to it; errors name
-// the file and wrap fs.ErrNotExist for a missing one.
+// the certificate is not a CA (see IsCACert; a self-signed version-1 root
+// is one) or the key does not belong to it; errors name the file and wrap
+// fs.ErrNotExist for a missing one.
 func LoadCA(certPath, keyPath string) (*CA, error) {
 	data, err := os.ReadFile(certPath)
 	if err != nil {
@@ -139,8 +192,8 @@ func LoadCA(certPath, keyPath string) (*CA, error) {
 		return nil, fmt.Errorf("load CA certificate %s: %w", certPath, err)
 	}
 	cert := certs[0]
-	if !cert.IsCA {
-		return nil, fmt.Errorf("load CA certificate %s: %q is not a CA certificate (basic constraints CA:FALSE): point to the CA, not a leaf", certPath, cert.Subject.CommonName)
+	if !IsCACert(cert) {
+		return nil, fmt.Errorf("load CA certificate %s: %q is not a CA certificate (no basic constraints CA:TRUE, and not a self-signed version-1 root): point to the CA, not a leaf", certPath, cert.Subject.CommonName)
 	}
 	data, err = os.ReadFile(keyPath)
 	if err != nil {

@@ -61,3 +61,21 @@ func TestCertCoversWildcard(t *testing.T) {
 	assert.False(t, certCovers(c, "10.0.0.2"))
 	assert.False(t, certCovers(c, "example.com"))
 }
+
+// A certificate serve made is renewed ServerCertRenewBefore its expiry.
+func TestEnsureServerPKIRenewsExpiring(t *testing.T) {
+	dir := t.TempDir()
+	first, err := ensureServerPKI(dir, nil, time.Now())
+	require.NoError(t, err)
+	soon := first.Cert.NotAfter.Add(-ServerCertRenewBefore + time.Hour)
+	res, err := ensureServerPKI(dir, nil, soon)
+	require.NoError(t, err)
+	assert.True(t, res.Reissued)
+	assert.Contains(t, res.ReissueReason, "it expires on "+first.Cert.NotAfter.UTC().Format(time.DateOnly))
+	assert.NotEqual(t, first.Cert.SerialNumber, res.Cert.SerialNumber)
+
+	early := first.Cert.NotAfter.Add(-ServerCertRenewBefore - time.Hour)
+	res, err = ensureServerPKI(dir, nil, early)
+	require.NoError(t, err)
+	assert.False(t, res.Reissued, "not yet within the renewal window")
+}

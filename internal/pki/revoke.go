@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/sha1" //nolint:gosec // RFC 5280 key identifier, not a signature
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -96,13 +98,17 @@ type RevokeResult struct {
 	Added         bool   // false when it was already listed
 	Count         int    // serials in the blacklist now
 	BlacklistPath string
-	CRLPath       string
+	CRLPath       string // "" when no CRL was written (see NoCRL)
 	CRLNumber     int64
+	// NoCRL says why no CRL was written (CRLRefusal); "" when one was.
+	NoCRL string
 }
 
 // Revoke adds serial (hex) to the blacklist file and rewrites the CRL at
 // crlPath, signed by ca, listing every blacklisted serial. Both files are
-// written atomically; the CRL number grows by one on every call.
+// written atomically; the CRL number grows by one on every call. A CA that
+// may not sign CRLs (CRLRefusal) gets the blacklist only, and the result
+// says why.
 func Revoke(ca *CA, blacklistPath, crlPath, serial string) (*RevokeResult, error) {
 	n, err := ParseSerial(serial)
 	if err != nil {
@@ -130,6 +136,10 @@ func Revoke(ca *CA, blacklistPath, crlPath, serial string) (*RevokeResult, error
 		}
 	}
 	res.Count = len(list)
+	if why := CRLRefusal(ca.Cert); why != "" {
+		res.CRLPath, res.NoCRL = "", why
+		return res, nil
+	}
 	num, err := WriteCRL(ca, crlPath, list)
 	if err != nil {
 		return nil, err
@@ -144,6 +154,9 @@ func Revoke(ca *CA, blacklistPath, crlPath, serial string) (*RevokeResult, error
 func WriteCRL(ca *CA, path string, serials []*big.Int) (int64, error) {
 	if err := ca.check(); err != nil {
 		return 0, err
+	}
+	if why := CRLRefusal(ca.Cert); why != "" {
+		return 0, fmt.Errorf("write CRL %s: %s", path, why)
 	}
 	num := int64(1)
 	if old, err := os.ReadFile(path); err == nil {
@@ -163,7 +176,7 @@ func WriteCRL(ca *CA, path string, serials []*big.Int) (int64, error) {
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
 			x509.RevocationListEntry{SerialNumber: s, RevocationTime: now.Add(-backdate)})
 	}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, crlIssuer(ca.Cert), ca.Key)
 	if err != nil {
 		return 0, fmt.Errorf("create CRL: %w", err)
 	}
@@ -171,4 +184,51 @@ func WriteCRL(ca *CA, path string, serials []*big.Int) (int64, error) {
 		return 0, err
 	}
 	return num, nil
+}
+
+// CRLRefusal says why ca may not sign CRLs, or returns "" when it may: a
+// certificate with a key usage extension that lacks cRLSign (as the CA of
+// Mender Gateway's mTLS guide, "keyCertSign, digitalSignature") would sign
+// CRLs that every verifier refuses. A self-signed version-1 root has no key
+// usage and may.
+func CRLRefusal(ca *x509.Certificate) string {
+	if ca.KeyUsage != 0 && ca.KeyUsage&x509.KeyUsageCRLSign == 0 {
+		return fmt.Sprintf("CA %q has a key usage without cRLSign, so CRLs it signed would be refused: revocation uses the blacklist only", ca.Subject.CommonName)
+	}
+	return ""
+}
+
+// crlIssuer returns the certificate to pass to x509.CreateRevocationList
+// for ca. Go requires the issuer to have the cRLSign key usage and a subject
+// key identifier; a self-signed version-1 root (Mender's mTLS guide CA) has
+// no extensions, so neither. For such a root it returns a copy that claims
+// both, with the key identifier derived from the public key as RFC 5280
+// 4.2.1.2 method 1 does. The CRL is still signed by the root's key and
+// names its subject, so it verifies against the real certificate; its
+// authority key identifier is that derived value, which a verifier only
+// compares when the issuer certificate has a subject key identifier.
+func crlIssuer(ca *x509.Certificate) *x509.Certificate {
+	if !isSelfSignedV1(ca) {
+		return ca
+	}
+	c := *ca
+	c.KeyUsage |= x509.KeyUsageCRLSign | x509.KeyUsageCertSign
+	if len(c.SubjectKeyId) == 0 {
+		c.SubjectKeyId = keyIdentifier(ca)
+	}
+	return &c
+}
+
+// keyIdentifier is the SHA-1 of the subjectPublicKey bit string of c.
+func keyIdentifier(c *x509.Certificate) []byte {
+	var spki struct {
+		Algorithm asn1.RawValue
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(c.RawSubjectPublicKeyInfo, &spki); err != nil {
+		sum := sha1.Sum(c.RawSubjectPublicKeyInfo) // not reached for a parsed certificate
+		return sum[:]
+	}
+	sum := sha1.Sum(spki.PublicKey.RightAlign())
+	return sum[:]
 }

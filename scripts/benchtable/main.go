@@ -2,6 +2,9 @@
 // the results as an aligned table: one row per benchmark with ns/op, the
 // derived operations per second, B/op, allocs/op and any custom metrics the
 // benchmark reported (b.ReportMetric), such as a ratio measured in one run.
+// A benchmark that suppresses ns/op (b.ReportMetric(0, "ns/op")) reports
+// figures such as a binary size, not a speed: its row shows only its own
+// metrics. What benchmarks log (b.Log) goes to stderr.
 package main
 
 import (
@@ -42,7 +45,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
 		os.Exit(1)
 	}
-	rows, failed := parse(out)
+	rows, failed := parse(out, os.Stderr)
 	werr := cmd.Wait()
 	print(os.Stdout, rows)
 	if werr != nil || failed {
@@ -56,7 +59,9 @@ type row struct {
 	metrics   [][2]string // unit, value in reported order
 }
 
-func parse(r io.Reader) ([]row, bool) {
+// parse reads go test -bench output and returns its rows and whether
+// anything failed; benchmark log lines are copied to logw.
+func parse(r io.Reader, logw io.Writer) ([]row, bool) {
 	var rows []row
 	pkg := ""
 	failed := false
@@ -76,6 +81,8 @@ func parse(r io.Reader) ([]row, bool) {
 				rw.metrics = append(rw.metrics, [2]string{f[i+1], f[i]})
 			}
 			rows = append(rows, rw)
+		case isLogLine(line):
+			fmt.Fprintln(logw, line)
 		}
 	}
 	return rows, failed
@@ -103,6 +110,10 @@ func print(w io.Writer, rows []row) {
 		ops := ""
 		if ns, err := strconv.ParseFloat(vals["ns/op"], 64); err == nil && ns > 0 {
 			ops = strconv.FormatFloat(1e9/ns, 'f', 0, 64)
+		} else {
+			// No speed: the benchmark's own B/op and allocs/op are the
+			// harness's, not the figure's.
+			vals = map[string]string{}
 		}
 		name := strings.TrimPrefix(r.name, "Benchmark")
 		if i := strings.LastIndex(name, "-"); i > 0 {
@@ -123,4 +134,20 @@ func shortPkg(p string) string {
 		return p[i+1:]
 	}
 	return p
+}
+
+// isLogLine reports whether line is what a benchmark logged: indented
+// "file_test.go:N: message".
+func isLogLine(line string) bool {
+	t := strings.TrimLeft(line, " \t")
+	if len(t) == len(line) {
+		return false
+	}
+	file, rest, ok := strings.Cut(t, ":")
+	if !ok || !strings.HasSuffix(file, "_test.go") {
+		return false
+	}
+	num, _, ok := strings.Cut(rest, ":")
+	_, err := strconv.Atoi(num)
+	return ok && err == nil
 }

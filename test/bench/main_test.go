@@ -12,7 +12,10 @@
 //   - BenchmarkAuthRoundTrip: auth round trips per second against the fake
 //     backend on loopback;
 //   - BenchmarkAmbassadorRatio: auth and poll rates through the ambassador
-//     divided by the direct rates, measured in one run.
+//     divided by the direct rates, measured in one run;
+//   - BenchmarkAgentFootprint: the stripped agent's size per board and its
+//     RSS after a minute of polling (the binaries of `make build cross`,
+//     BENCH_BIN).
 //
 // The fleet benchmarks run the backend and the ambassador in a child
 // process (this test binary re-executed), so the memory figures are the

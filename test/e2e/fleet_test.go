@@ -66,8 +66,8 @@ func TestDemo300(t *testing.T) {
 	assert.NotZero(t, r.Deployments.Started, "the mid-run deployment reached devices")
 	assert.Equal(t, r.Deployments.Started, r.Deployments.Succeeded+r.Deployments.Failed)
 
-	html, err := os.ReadFile(filepath.Join(dir, "simulator-report.html"))
-	require.NoError(t, err, "the HTML report defaults to the current directory")
+	html, err := os.ReadFile(filepath.Join(dir, "simulator-demo", "report.html"))
+	require.NoError(t, err, "the HTML report defaults to ./simulator-demo/")
 	assert.Contains(t, string(html), "<svg")
 	assert.NotRegexp(t, `(src|href)="https?://`, string(html), "self-contained: nothing fetched from the network")
 	assert.Contains(t, string(out), "device-agent", "the demo runs one real device-agent too")

@@ -99,7 +99,7 @@ func TestK8sIndexedJobShardWiring(t *testing.T) {
 	// Every flag is one `simulator run` knows.
 	help, _ := exec.Command(bins.simulator, "run", "--help").CombinedOutput()
 	for k := range args {
-		assert.Regexp(t, regexp.MustCompile(`(?m)^\s+-`+regexp.QuoteMeta(k)+`\b`), string(help), "simulator run has no --%s", k)
+		assert.Regexp(t, regexp.MustCompile(`(?m)^\s+--`+regexp.QuoteMeta(k)+`\b`), string(help), "simulator run has no --%s", k)
 	}
 
 	// Substitute the pod environment: the N shards partition the fleet.

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
@@ -91,55 +93,174 @@ func TestMTLSAutoAcceptPerKeyType(t *testing.T) {
 	}
 }
 
-// The PKI made by exactly the openssl commands of Mender's mTLS guide: a
-// P-256 CA (req -new -x509), a server and a device certificate from CSRs
-// signed with `openssl x509 -req -CA … -CAcreateserial` (version-1
-// certificates without subjectAltName). The ambassador runs on the guide's
-// server certificate in front of the fake backend; the agent, on the guide's
-// device certificate, is accepted with no manual step.
-func TestMTLSWithOpensslGuideCertificates(t *testing.T) {
+// opensslGuide is the "Generating the keys" block of Mender's mTLS guide
+// (mender-docs 3.7, Server integration > Mutual TLS authentication > Keys
+// and certificates), verbatim: the -config files make version-1
+// certificates without any extension (no basicConstraints on the CA, no
+// subjectAltName on the server).
+const opensslGuide = `openssl ecparam -genkey -name P-256 -noout -out ca-private.key
+cat > ca.conf <<EOF
+[req]
+distinguished_name = req_distinguished_name
+prompt = no
+
+[req_distinguished_name]
+commonName=My CA
+organizationName=My Organization
+organizationalUnitName=My Unit
+emailAddress=myusername@example.com
+countryName=NO
+localityName=Oslo
+stateOrProvinceName=Oslo
+EOF
+
+openssl req -new -x509 -key ca-private.key -out ca.crt -config ca.conf -days $((365*10))
+openssl ecparam -genkey -name P-256 -noout -out server.key
+
+cat > server.conf <<EOF
+[req]
+distinguished_name = req_distinguished_name
+prompt = no
+
+[req_distinguished_name]
+commonName=$MTLS_DOMAIN
+organizationName=My Organization
+organizationalUnitName=My Unit
+emailAddress=myusername@example.com
+countryName=NO
+localityName=Oslo
+stateOrProvinceName=Oslo
+EOF
+openssl req -new -key server.key -out server.req -config server.conf
+openssl x509 -req -CA ca.crt -CAkey ca-private.key -CAcreateserial -in server.req -out server.crt -days $((365*2))
+openssl ecparam -genkey -name P-256 -noout -out device-private.key
+cat > device-cert.conf <<EOF
+[req]
+distinguished_name = req_distinguished_name
+prompt = no
+
+[req_distinguished_name]
+commonName=my-device-hostname.com
+organizationName=My Organization
+organizationalUnitName=My Unit
+emailAddress=myusername@example.com
+countryName=NO
+localityName=Oslo
+stateOrProvinceName=Oslo
+EOF
+openssl req -new -key device-private.key -out device-cert.req -config device-cert.conf
+openssl x509 -req -CA ca.crt -CAkey ca-private.key -CAcreateserial -in device-cert.req -out device-cert.pem -days $((365*10))
+`
+
+// runOpensslGuide runs the guide's commands in a new directory with
+// MTLS_DOMAIN=localhost and returns it; it checks that they made what the
+// guide makes: version-1 certificates without extensions.
+func runOpensslGuide(t *testing.T) string {
+	t.Helper()
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Fatalf("openssl not found: make deps installs it (%v)", err)
 	}
-	pk := t.TempDir()
-	sh := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command("openssl", args...)
-		cmd.Dir = pk
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "openssl %v:\n%s", args, out)
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-e", "-c", opensslGuide)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "MTLS_DOMAIN=localhost")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "the guide's commands:\n%s", out)
+	for _, f := range []string{"ca.crt", "server.crt", "device-cert.pem"} {
+		c := readCert(t, filepath.Join(dir, f))
+		require.Equal(t, 1, c.Version, "%s: the guide's -config files make version-1 certificates", f)
+		require.Empty(t, c.Extensions, "%s has no extensions", f)
 	}
-	// CA
-	sh("ecparam", "-genkey", "-name", "P-256", "-out", "ca-private.key")
-	sh("req", "-new", "-x509", "-key", "ca-private.key", "-out", "ca-cert.pem", "-days", "3650", "-subj", "/CN=My Mender mTLS CA")
-	// server (the ambassador)
-	sh("ecparam", "-genkey", "-name", "P-256", "-out", "server-private.key")
-	sh("req", "-new", "-key", "server-private.key", "-out", "server-cert.req", "-subj", "/CN=localhost")
-	sh("x509", "-req", "-CA", "ca-cert.pem", "-CAkey", "ca-private.key", "-CAcreateserial", "-in", "server-cert.req", "-out", "server-cert.pem", "-days", "365")
-	// device
-	sh("ecparam", "-genkey", "-name", "P-256", "-out", "device-private.key")
-	sh("req", "-new", "-key", "device-private.key", "-out", "device-cert.req", "-subj", "/CN=device-0001")
-	sh("x509", "-req", "-CA", "ca-cert.pem", "-CAkey", "ca-private.key", "-CAcreateserial", "-in", "device-cert.req", "-out", "device-cert.pem", "-days", "365")
-	text, err := exec.Command("openssl", "x509", "-in", filepath.Join(pk, "server-cert.pem"), "-noout", "-text").Output()
-	require.NoError(t, err)
-	require.NotContains(t, string(text), "Subject Alternative Name", "the guide's server certificate has no SAN")
+	return dir
+}
 
-	// The guide's file names on the device.
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	blk, _ := pem.Decode(data)
+	require.NotNil(t, blk, "%s holds no PEM block", path)
+	c, err := x509.ParseCertificate(blk.Bytes)
+	require.NoError(t, err)
+	return c
+}
+
+// guideDevice puts the guide's device certificate and key on a device
+// under the file names the guide's mender.conf uses.
+func guideDevice(t *testing.T, pk string) string {
+	t.Helper()
 	certDir := t.TempDir()
 	copyFile(t, filepath.Join(pk, "device-cert.pem"), filepath.Join(certDir, "mender-cert.pem"), 0o644)
 	copyFile(t, filepath.Join(pk, "device-private.key"), filepath.Join(certDir, "mender-cert-private.pem"), 0o600)
+	return certDir
+}
+
+// The PKI made by exactly the openssl commands of Mender's mTLS guide, -config
+// files included: a self-signed version-1 CA (no basicConstraints), a
+// CN-only version-1 server certificate for localhost and a version-1 device
+// certificate. The ambassador runs on the guide's server certificate and CA
+// in front of the fake backend; the agent, on the guide's device
+// certificate, is accepted with no manual step.
+func TestMTLSWithOpensslGuideCertificates(t *testing.T) {
+	pk := runOpensslGuide(t)
+	certDir := guideDevice(t, pk)
 
 	b := startServe(t, t.TempDir()) // the backend, plain (no auto-accept)
 	amb := startAmbassador(t, b,
-		"--server-cert", filepath.Join(pk, "server-cert.pem"), "--server-key", filepath.Join(pk, "server-private.key"),
-		"--ca", filepath.Join(pk, "ca-cert.pem"))
+		"--server-cert", filepath.Join(pk, "server.crt"), "--server-key", filepath.Join(pk, "server.key"),
+		"--ca", filepath.Join(pk, "ca.crt"))
 	// ServerURL names "localhost", the only name (CN) in the guide's server certificate.
 	url := strings.Replace(amb.url, "127.0.0.1", "localhost", 1)
-	a := mtlsAgent(t, url, filepath.Join(pk, "ca-cert.pem"), certDir, "02:00:00:00:0b:01")
+	a := mtlsAgent(t, url, filepath.Join(pk, "ca.crt"), certDir, "02:00:00:00:0b:01")
 	agent := startAgent(t, a.env, a.args("daemon")...)
-	waitAcceptedAndPolling(t, b, "device-0001")
+	waitAcceptedAndPolling(t, b, "my-device-hostname.com")
 	assert.Contains(t, agent.stderr.String(), "subjectAltName", "the agent warns once how to add a SAN")
 	assert.Equal(t, 1, strings.Count(agent.stderr.String(), "legacy Common Name"), "the warning is logged once")
+}
+
+// `simulator serve --mtls --dir` run in the directory of the guide's
+// commands: it serves the guide's server certificate as it is (and says
+// devices use https://localhost:…), takes the guide's CA and its key
+// (ca-private.key) as the device CA, signs its CRL with it, and `simulator
+// pki device` signs with it. A device on the guide's certificate and one
+// on a `pki device` certificate are both accepted.
+func TestServeMTLSInOpensslGuideDirectory(t *testing.T) {
+	pk := runOpensslGuide(t)
+	serverCrt, err := os.ReadFile(filepath.Join(pk, "server.crt"))
+	require.NoError(t, err)
+
+	b := startServe(t, pk, "--mtls", "--status-listen", "127.0.0.1:0")
+	out := b.stdout.String()
+	assert.Contains(t, out, "does not cover 127.0.0.1: devices must use one of its names in ServerURL: localhost")
+	assert.True(t, strings.HasPrefix(b.url, "https://localhost:"), "the device URL uses the certificate's name: %s", b.url)
+	assert.Equal(t, filepath.Join(pk, "ca.crt"), b.ca)
+	after, err := os.ReadFile(filepath.Join(pk, "server.crt"))
+	require.NoError(t, err)
+	assert.Equal(t, serverCrt, after, "serve never replaces a server certificate it did not make")
+	assert.NoFileExists(t, filepath.Join(pk, "ca.key"), "the guide's ca-private.key is used as it is")
+	crl, err := exec.Command("openssl", "crl", "-in", filepath.Join(pk, "crl.pem"), "-CAfile", filepath.Join(pk, "ca.crt"), "-noout").CombinedOutput()
+	require.NoError(t, err, "openssl verifies the CRL serve signed with the guide's CA: %s", crl)
+
+	ours := filepath.Join(t.TempDir(), "device")
+	simulator(t, "pki", "device", "--dir", pk, "--cn", "dev-ours", "--out", ours)
+	verify, err := exec.Command("openssl", "verify", "-CAfile", filepath.Join(pk, "ca.crt"), "-purpose", "sslclient",
+		filepath.Join(ours, "mender-cert.pem")).CombinedOutput()
+	require.NoError(t, err, "openssl accepts what pki device signed with the guide's CA: %s", verify)
+
+	for i, dev := range []struct{ dir, cn string }{{guideDevice(t, pk), "my-device-hostname.com"}, {ours, "dev-ours"}} {
+		mac := fmt.Sprintf("02:00:00:00:0f:%02x", i)
+		a := mtlsAgent(t, b.url, b.ca, dev.dir, mac)
+		agent := startAgent(t, a.env, a.args("daemon")...)
+		require.Eventually(t, func() bool {
+			for _, d := range b.devices(t) {
+				if d.IdentityData["mac"] == mac && d.Status == menderapi.DevStatusAccepted {
+					return true
+				}
+			}
+			return false
+		}, 30*time.Second, 100*time.Millisecond, "%s was not accepted; agent log:\n%s", dev.cn, lastLines(agent.stderr.String(), 20))
+	}
+	assert.Contains(t, simulator(t, "pki", "list", "--dir", pk), "CN=dev-ours")
 }
 
 // Upstream down: the ambassador answers 502 with a JSON error, the agent

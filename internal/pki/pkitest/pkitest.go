@@ -1,6 +1,7 @@
 // Package pkitest provides a throwaway certificate authority for tests:
 // server and mutual-TLS configurations for 127.0.0.1, client leaves written
-// to disk, and a legacy version-1 server certificate for negative tests.
+// to disk, a legacy version-1 server certificate for negative tests, and a
+// self-signed version-1 root like the one Mender's mTLS guide makes.
 // Every helper takes a testing.TB, calls tb.Helper and fails the test on
 // error, so call sites stay one line long. Production code must not import
 // this package.
@@ -196,15 +197,40 @@ func newKey(tb testing.TB, t pki.KeyType) crypto.Signer {
 func (c *CA) LegacyServerCert(tb testing.TB, cn string) (tls.Certificate, *x509.Certificate) {
 	tb.Helper()
 	key := newKey(tb, pki.ECDSAP256)
-	spki, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		tb.Fatalf("pkitest: marshal public key: %v", err)
-	}
-	subject, err := asn1.Marshal(pkix.Name{CommonName: cn}.ToRDNSequence())
+	cert := signV1(tb, c.Cert.RawSubject, c.Key, pkix.Name{CommonName: cn}, key.Public(), leafValidity)
+	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}, cert
+}
+
+// NewV1CA creates a self-signed version-1 root with an ECDSA P-256 key and
+// no extensions at all (no basic constraints, no key usage, no key
+// identifiers), valid for two years: what Mender's mTLS guide makes with
+// `openssl req -new -x509 -config ca.conf` when ca.conf names no
+// x509_extensions. OpenSSL treats such a self-signed v1 certificate as a CA.
+func NewV1CA(tb testing.TB) *CA {
+	tb.Helper()
+	key := newKey(tb, pki.ECDSAP256)
+	name := pkix.Name{CommonName: "pkitest v1 CA " + tb.Name(), Organization: []string{"My Organization"}}
+	subject, err := asn1.Marshal(name.ToRDNSequence())
 	if err != nil {
 		tb.Fatalf("pkitest: marshal subject: %v", err)
 	}
-	sigAlg, hash := c.signatureAlgorithm(tb)
+	return &CA{&pki.CA{Cert: signV1(tb, subject, key, name, key.Public(), caValidity), Key: key}}
+}
+
+// signV1 builds a version-1 certificate (no extensions) for pub named
+// subject, issued by issuer (its raw subject) and signed by signer. It is
+// built by hand because x509.CreateCertificate always writes version 3.
+func signV1(tb testing.TB, issuer []byte, signer crypto.Signer, subject pkix.Name, pub crypto.PublicKey, validFor time.Duration) *x509.Certificate {
+	tb.Helper()
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		tb.Fatalf("pkitest: marshal public key: %v", err)
+	}
+	subj, err := asn1.Marshal(subject.ToRDNSequence())
+	if err != nil {
+		tb.Fatalf("pkitest: marshal subject: %v", err)
+	}
+	sigAlg, hash := signatureAlgorithm(tb, signer.Public())
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		tb.Fatalf("pkitest: serial: %v", err)
@@ -213,9 +239,9 @@ func (c *CA) LegacyServerCert(tb testing.TB, cn string) (tls.Certificate, *x509.
 	tbs, err := asn1.Marshal(tbsCertificateV1{
 		SerialNumber: new(big.Int).Add(serial, big.NewInt(1)),
 		Signature:    sigAlg,
-		Issuer:       asn1.RawValue{FullBytes: c.Cert.RawSubject},
-		Validity:     validity{NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(leafValidity)},
-		Subject:      asn1.RawValue{FullBytes: subject},
+		Issuer:       asn1.RawValue{FullBytes: issuer},
+		Validity:     validity{NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(validFor)},
+		Subject:      asn1.RawValue{FullBytes: subj},
 		PublicKey:    asn1.RawValue{FullBytes: spki},
 	})
 	if err != nil {
@@ -227,9 +253,9 @@ func (c *CA) LegacyServerCert(tb testing.TB, cn string) (tls.Certificate, *x509.
 		h.Write(tbs)
 		signed = h.Sum(nil)
 	}
-	sig, err := c.Key.Sign(rand.Reader, signed, hash)
+	sig, err := signer.Sign(rand.Reader, signed, hash)
 	if err != nil {
-		tb.Fatalf("pkitest: sign legacy certificate: %v", err)
+		tb.Fatalf("pkitest: sign version-1 certificate: %v", err)
 	}
 	der, err := asn1.Marshal(certificateV1{
 		TBS:                asn1.RawValue{FullBytes: tbs},
@@ -241,15 +267,16 @@ func (c *CA) LegacyServerCert(tb testing.TB, cn string) (tls.Certificate, *x509.
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		tb.Fatalf("pkitest: parse legacy certificate: %v", err)
+		tb.Fatalf("pkitest: parse version-1 certificate: %v", err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, cert
+	return cert
 }
 
-// signatureAlgorithm returns the AlgorithmIdentifier and hash for the CA key.
-func (c *CA) signatureAlgorithm(tb testing.TB) (pkix.AlgorithmIdentifier, crypto.Hash) {
+// signatureAlgorithm returns the AlgorithmIdentifier and hash for a
+// signing key.
+func signatureAlgorithm(tb testing.TB, pub crypto.PublicKey) (pkix.AlgorithmIdentifier, crypto.Hash) {
 	tb.Helper()
-	switch k := c.Key.Public().(type) {
+	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
@@ -263,7 +290,7 @@ func (c *CA) signatureAlgorithm(tb testing.TB) (pkix.AlgorithmIdentifier, crypto
 	case ed25519.PublicKey:
 		return pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 3, 101, 112}}, crypto.Hash(0)
 	}
-	tb.Fatalf("pkitest: legacy certificate: unsupported CA key %T", c.Key.Public())
+	tb.Fatalf("pkitest: version-1 certificate: unsupported signing key %T", pub)
 	return pkix.AlgorithmIdentifier{}, 0
 }
 
