@@ -99,7 +99,8 @@ FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoa
 	internal/ambassador:FuzzAuthRequest internal/ambassador:FuzzParseBlacklist internal/ambassador:FuzzParseBinding \
 	internal/ambassador:FuzzIdentityPolicy internal/ambassador:FuzzPubKeyPEM \
 	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
-	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags
+	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags \
+	internal/client:FuzzTokenExpiry
 
 # Every fuzz target for FUZZTIME executions each.
 fuzz-short:

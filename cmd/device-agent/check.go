@@ -147,7 +147,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	var cf commonFlags
 	fs := newFlagSet("check", checkSynopsis, stderr)
 	cf.register(fs, getenv)
-	timeout := fs.Duration("timeout", 20*time.Second, "time limit for connecting to the servers and authenticating, together")
+	timeout := fs.Duration("timeout", 20*time.Second, "`DURATION` limit for connecting to the servers and authenticating, together")
 	asJSON := fs.Bool("json", false, `print the results as one JSON object {"ok": bool, "checks": [{"name", "status", "detail", "fix", "warnings"}]} instead of lines`)
 	if err := parseFlags(fs, args); err != nil {
 		return err

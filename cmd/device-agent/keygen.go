@@ -61,11 +61,11 @@ func cmdKeygen(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err != nil {
 		return fmt.Errorf("--key-type: %w", err)
 	}
-	lvl, err := parseLevel(cf.logLevel)
+	ls, err := cf.logSetup(stderr, getenv, "")
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := newLogger(stderr, ls)
 
 	// Check the CSR can be written before a key is created for nothing.
 	if fi, err := os.Stat(filepath.Dir(*csrPath)); err != nil || !fi.IsDir() {

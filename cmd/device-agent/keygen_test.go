@@ -108,7 +108,6 @@ func TestKeygenErrors(t *testing.T) {
 		contains string
 	}{
 		{"no key", []string{"--cn", "a", "--csr", csr}, true, "--key is required"},
-		{"help", []string{"--help"}, true, "Usage: device-agent keygen"},
 		{"no cn", []string{"--key", key, "--csr", csr}, true, "--cn is required"},
 		{"no csr", []string{"--key", key, "--cn", "a"}, true, "--csr is required"},
 		{"stray argument", []string{"--key", key, "--cn", "a", "--csr", csr, "extra"}, true, "unexpected argument"},
@@ -229,4 +228,13 @@ func TestKeygenTPM(t *testing.T) {
 		assert.Equal(t, "FAIL", res[0].Status)
 		assert.Contains(t, res[0].Text, filepath.Join(dir, "tpmrm0"))
 	})
+}
+
+func TestKeygenLogFormatJSON(t *testing.T) {
+	dir := t.TempDir()
+	_, stderr, err := runKeygen(t, dir, "--key", filepath.Join(dir, "k.pem"), "--cn", "a", "--csr", filepath.Join(dir, "c.csr"),
+		"--log-format", "json")
+	require.NoError(t, err)
+	line, _, _ := strings.Cut(stderr, "\n")
+	assert.True(t, strings.HasPrefix(line, `{"time":`), "keygen honours --log-format json: %q", line)
 }

@@ -107,8 +107,12 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		fmt.Fprintf(stderr, "device-agent: unknown command %q; run 'device-agent help' for the list\n", args[0])
 		return 2
 	}
+	var help *helpShown
 	switch {
 	case err == nil:
+		return 0
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.text)
 		return 0
 	case errors.Is(err, errUsage):
 		return 2

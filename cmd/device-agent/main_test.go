@@ -31,7 +31,7 @@ func TestCommandDispatch(t *testing.T) {
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"daemon", "--no-such-flag"}, 2, "flag provided but not defined"},
 		{[]string{"daemon", "extra"}, 2, `unexpected argument "extra"`},
-		{[]string{"check", "--help"}, 2, "-timeout"},
+		{[]string{"check", "--help"}, 0, "--timeout"},
 		{[]string{"daemon", "--config", "/nonexistent/mender.conf", "--fallback-config", ""}, 1, "no mender.conf found"},
 		{[]string{"show-identity", "--config", "/nonexistent/mender.conf", "--fallback-config", ""}, 1, "/nonexistent/mender.conf"},
 	}
@@ -64,4 +64,31 @@ func TestParseLevel(t *testing.T) {
 	}
 	_, err := parseLevel("loud")
 	assert.ErrorContains(t, err, "DaemonLogLevel")
+}
+
+// Help asked for on any subcommand goes to stdout, exits 0 and spells
+// flags --flag with named placeholders; a flag error still exits 2.
+func TestSubcommandHelp(t *testing.T) {
+	for _, cmd := range []string{"daemon", "run", "check", "status", "show-identity", "keygen", "version"} {
+		for _, h := range []string{"--help", "-h"} {
+			t.Run(cmd+" "+h, func(t *testing.T) {
+				stdout, stderr, code := agent(t, nil, cmd, h)
+				assert.Equal(t, 0, code, "stderr: %s", stderr)
+				assert.Contains(t, stdout, "Usage: device-agent ")
+				assert.Empty(t, stderr)
+				for _, line := range strings.Split(stdout, "\n") {
+					if trimmed := strings.TrimLeft(line, " "); strings.HasPrefix(trimmed, "-") {
+						assert.True(t, strings.HasPrefix(trimmed, "--"), "flag spelled --flag: %q", line)
+					}
+				}
+			})
+		}
+	}
+	stdout, _, _ := agent(t, nil, "daemon", "--help")
+	assert.Contains(t, stdout, "--config FILE")
+	assert.Contains(t, stdout, "--log-level LEVEL")
+	_, stderr, code := agent(t, nil, "check", "--bogus")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "flag provided but not defined: -bogus")
+	assert.Contains(t, stderr, "device-agent check --help")
 }

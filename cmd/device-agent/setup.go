@@ -24,19 +24,57 @@ type commonFlags struct {
 	logLevel, logFormat    string
 }
 
+// newFlagSet returns a command's flag set. Flag errors go to stderr (one
+// line from the flag package, plus a pointer to --help, by parseFlags);
+// help asked for with --help or -h is returned by parseFlags as a
+// *helpShown error, which run prints to stdout with exit 0.
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: device-agent %s [flags]\n\n%s\n\nFlags:\n", name, synopsis)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {} // parseFlags decides where help goes
+	synopses[fs] = synopsis
 	return fs
+}
+
+// synopses holds each flag set's synopsis for its help text. Flag sets
+// live for one command of one process, so it never grows past a few.
+var synopses = map[*flag.FlagSet]string{}
+
+// helpShown carries the help text asked for with --help (exit 0).
+type helpShown struct{ text string }
+
+func (h *helpShown) Error() string { return "help requested" }
+
+// helpText renders fs's help with every flag spelled --flag and its
+// placeholder (the back-quoted word of its usage text).
+func helpText(fs *flag.FlagSet) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: device-agent %s [flags]\n\n%s\n", fs.Name(), strings.TrimRight(synopses[fs], "\n"))
+	first := true
+	fs.VisitAll(func(f *flag.Flag) {
+		if first {
+			b.WriteString("\nFlags:\n")
+			first = false
+		}
+		name, text := flag.UnquoteUsage(f)
+		fmt.Fprintf(&b, "  --%s", f.Name)
+		if name != "" {
+			fmt.Fprintf(&b, " %s", name)
+		}
+		text = strings.ReplaceAll(text, "\n", "\n        ")
+		switch f.DefValue {
+		case "", "0", "false", "0s":
+		default:
+			text += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(&b, "\n        %s\n", text)
+	})
+	return b.String()
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	c.registerPaths(fs, getenv)
-	fs.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn or error (default: DaemonLogLevel from the config, else info)")
+	fs.StringVar(&c.logLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default: DaemonLogLevel from the config, else info)")
 	fs.StringVar(&c.logFormat, "log-format", logFormatText, "log `FORMAT` on stderr: text or json (under systemd, text lines start with the syslog priority and carry no time stamp)")
 }
 
@@ -69,9 +107,11 @@ func (c *commonFlags) logSetup(stderr io.Writer, getenv func(string) string, con
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return errUsage
+			return &helpShown{text: helpText(fs)}
 		}
-		return errUsage // the flag package already printed the problem and usage
+		// The flag package printed the problem as one line.
+		fmt.Fprintf(fs.Output(), "run 'device-agent %s --help' for its flags\n", fs.Name())
+		return errUsage
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(fs.Output(), "device-agent %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))

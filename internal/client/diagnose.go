@@ -382,6 +382,16 @@ func apiDiagnosis(ae *APIError) Diagnosis {
 // maxProbeBody is how much of the probe's answer is read.
 const maxProbeBody = 4096
 
+// maxProbeAttempts bounds the probes of one server (see Probe).
+const maxProbeAttempts = 3
+
+// closedByPeer reports whether err is the peer closing or resetting the
+// connection without a TLS alert we could read.
+func closedByPeer(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
 // Probe checks that server, a server base URL as in Options.Servers, can be
 // reached the way every request reaches it: through the proxy from the
 // environment, and for https with the client's one TLS configuration (full
@@ -398,13 +408,26 @@ func (c *Client) Probe(ctx context.Context, server string) (*tls.ConnectionState
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv+"/", nil)
-	if err != nil {
-		return nil, fmt.Errorf("probe %s: %w", srv, err)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("probe: %w", err)
+	var resp *http.Response
+	// A server that refuses the client certificate after a TLS 1.3
+	// handshake sends its alert and closes; now and then the request's
+	// write sees the closed connection before the read sees the alert.
+	// Another attempt on a new connection shows the alert.
+	for attempt := 1; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv+"/", nil)
+		if err != nil {
+			return nil, fmt.Errorf("probe %s: %w", srv, err)
+		}
+		if c.opts.UserAgent != "" {
+			req.Header.Set("User-Agent", c.opts.UserAgent)
+		}
+		resp, err = c.hc.Do(req)
+		if err == nil {
+			break
+		}
+		if attempt >= maxProbeAttempts || !closedByPeer(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("probe: %w", err)
+		}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxProbeBody))

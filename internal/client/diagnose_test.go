@@ -245,3 +245,24 @@ func TestDiagnose(t *testing.T) {
 }
 
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// The daemon's retry line for a refused client certificate carries the
+// diagnosis, not only the raw TLS error.
+func TestRetryLogCarriesDiagnosis(t *testing.T) {
+	serverCA, deviceCA, otherCA := newCA(t, "Server CA"), newCA(t, "Device CA"), newCA(t, "Other CA")
+	srv := mtlsServer(serverCA, deviceCA, []net.IP{net.IPv4(127, 0, 0, 1)}, nil, 0)(t)
+	key := newTestKey(t)
+	opts, lb := baseOptions(key, srv.URL)
+	opts.RootCAs = serverCA.pool
+	cred := &testCred{Signer: key}
+	cred.set(otherCA.issue(t, leafSpec{cn: "device-1", usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, key.Public()))
+	opts.TLSCredential = cred
+	c, err := New(opts)
+	require.NoError(t, err)
+	_, err = c.Probe(t.Context(), opts.Servers[0])
+	require.Error(t, err)
+	attempt := 0
+	c.nextWait(schedule{name: "auth", interval: time.Minute}, err, &attempt)
+	assert.Contains(t, lb.String(), "request failed, will retry")
+	assert.Contains(t, lb.String(), "the server refused this device's certificate", "the retry line says why")
+}

@@ -168,7 +168,11 @@ func (c *Client) nextWait(s schedule, err error, attempt *int) time.Duration {
 		return wait
 	}
 	wait := c.backoff.Delay(*attempt - 1)
-	c.log.Warn("request failed, will retry", "schedule", s.name, "attempt", *attempt, "retry_in", wait, "error", err)
+	attrs := []any{"schedule", s.name, "attempt", *attempt, "retry_in", wait, "error", err}
+	if d := Diagnose(err); d.Problem != "" { // e.g. a TLS alert: the server refused our certificate
+		attrs = append(attrs, "hint", d.String())
+	}
+	c.log.Warn("request failed, will retry", attrs...)
 	return wait
 }
 

@@ -244,3 +244,15 @@ func TestStatsAuthOutcomes(t *testing.T) {
 	assert.Equal(t, 5, s.Stats().Requests[fakemender.RouteAuth])
 	assert.Equal(t, 2, s.Stats().ByStatus[401])
 }
+
+func TestFaultControlRefusesAFaultThatDoesNothing(t *testing.T) {
+	s := newServer(t, fakemender.Options{})
+	mgmt := login(t, s)
+	rec := do(t, s, req{method: "POST", path: "/api/management/v1/fake/faults", hdr: bearerHdr(mgmt),
+		body: []byte(`{"path_prefix":"/api/devices/","count":3}`)})
+	assert.Equal(t, http.StatusBadRequest, rec.Code)
+	assert.Contains(t, rec.Body.String(), "give status, delay_ms or drop")
+	rec = do(t, s, req{method: "POST", path: "/api/management/v1/fake/faults", hdr: bearerHdr(mgmt),
+		body: []byte(`{"path_prefix":"/api/devices/","count":3,"status":503}`)})
+	assert.Equal(t, http.StatusNoContent, rec.Code)
+}

@@ -84,6 +84,9 @@ func (f FaultJSON) Fault() (Fault, error) {
 	if f.FailRate < 0 || f.FailRate > 1 {
 		errs = append(errs, errors.New("fail_rate must be in 0..1"))
 	}
+	if f.Status == 0 && f.DelayMS == 0 && !f.Drop {
+		errs = append(errs, errors.New("give status, delay_ms or drop: a fault without one would do nothing"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Fault{}, fmt.Errorf("fault: %w: %w", ErrInvalid, err)
 	}

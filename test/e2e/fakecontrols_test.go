@@ -93,14 +93,13 @@ func TestFakeControlsAsDocumented(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(r.body), &st), r.body)
 		assert.Equal(t, 3, st.ByRouteStatus["auth"]["0"], "a dropped request is counted with status 0")
 
-		// A fault that neither answers, delays nor drops does nothing.
+		// A fault that neither answers, delays nor drops is refused.
 		r = fc.mgmt(t, token, http.MethodPost, "/api/management/v1/fake/faults", `{"path_prefix":"/api/devices/","count":1}`)
-		require.Equal(t, http.StatusNoContent, r.status, r.body)
-		r = fc.do(t, http.MethodPut, menderapi.PathInventoryAttributes, "[]", menderapi.ContentTypeJSON, nil)
-		assert.Equal(t, http.StatusUnauthorized, r.status, "the empty fault changed nothing")
+		require.Equal(t, http.StatusBadRequest, r.status, r.body)
+		assert.Contains(t, fcError(t, r), "give status, delay_ms or drop")
 		r = fc.mgmt(t, token, http.MethodGet, "/api/management/v1/fake/stats", "")
 		require.NoError(t, json.Unmarshal([]byte(r.body), &st), r.body)
-		assert.Equal(t, 6, st.FaultsApplied, "503 twice, the delay, three drops; not the empty fault")
+		assert.Equal(t, 6, st.FaultsApplied, "503 twice, the delay, three drops")
 
 		r = fc.mgmt(t, token, http.MethodPost, "/api/management/v1/fake/faults",
 			`{"path_prefix":"/api/devices/","status":500}`)

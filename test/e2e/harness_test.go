@@ -55,12 +55,11 @@ func setup() (int, error) {
 		if err != nil {
 			return 1, err
 		}
-		for _, name := range []string{"device-agent", "simulator"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, name), "../../cmd/"+name)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return 1, fmt.Errorf("go build %s: %v\n%s", name, err, out)
-			}
+		// The Makefile's build, so the binaries are built exactly as they
+		// ship (the agent's tags and flags included).
+		cmd := exec.Command("make", "-C", "../..", "build", "BIN="+tmp)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 1, fmt.Errorf("make build BIN=%s: %v\n%s", tmp, err, out)
 		}
 		dir = tmp
 	}
