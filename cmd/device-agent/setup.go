@@ -31,14 +31,20 @@ type commonFlags struct {
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {} // parseFlags decides where help goes
-	synopses[fs] = synopsis
+	fs.Usage = func() { // called by Parse for -h/--help; parseFlags collects the text
+		if hw, ok := fs.Output().(*helpWriter); ok {
+			hw.text = helpText(fs, synopsis)
+		}
+	}
 	return fs
 }
 
-// synopses holds each flag set's synopsis for its help text. Flag sets
-// live for one command of one process, so it never grows past a few.
-var synopses = map[*flag.FlagSet]string{}
+// helpWriter is a flag set's output while parseFlags runs Parse: writes
+// (flag errors) pass through; Usage leaves the help text in it.
+type helpWriter struct {
+	io.Writer
+	text string
+}
 
 // helpShown carries the help text asked for with --help (exit 0).
 type helpShown struct{ text string }
@@ -47,9 +53,9 @@ func (h *helpShown) Error() string { return "help requested" }
 
 // helpText renders fs's help with every flag spelled --flag and its
 // placeholder (the back-quoted word of its usage text).
-func helpText(fs *flag.FlagSet) string {
+func helpText(fs *flag.FlagSet, synopsis string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Usage: device-agent %s [flags]\n\n%s\n", fs.Name(), strings.TrimRight(synopses[fs], "\n"))
+	fmt.Fprintf(&b, "Usage: device-agent %s [flags]\n\n%s\n", fs.Name(), strings.TrimRight(synopsis, "\n"))
 	first := true
 	fs.VisitAll(func(f *flag.Flag) {
 		if first {
@@ -105,9 +111,14 @@ func (c *commonFlags) logSetup(stderr io.Writer, getenv func(string) string, con
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	out := fs.Output()
+	hw := &helpWriter{Writer: out}
+	fs.SetOutput(hw)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return &helpShown{text: helpText(fs)}
+			return &helpShown{text: hw.text}
 		}
 		// The flag package printed the problem as one line.
 		fmt.Fprintf(fs.Output(), "run 'device-agent %s --help' for its flags\n", fs.Name())
