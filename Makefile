@@ -100,7 +100,7 @@ FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoa
 	internal/ambassador:FuzzIdentityPolicy internal/ambassador:FuzzPubKeyPEM \
 	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
 	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags \
-	internal/client:FuzzTokenExpiry
+	internal/client:FuzzTokenExpiry internal/artifact:FuzzRead
 
 # Every fuzz target for FUZZTIME executions each.
 fuzz-short:

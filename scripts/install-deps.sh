@@ -18,6 +18,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # systemd-analyze security/verify for the unit test (installing the package
 # does not make systemd PID 1).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# mender-artifact (3.9) for the internal/artifact interop tests.
+command -v mender-artifact >/dev/null 2>&1 || need+=(mender-artifact)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: everything present"

@@ -27,6 +27,8 @@ Usage:
   simulator run --server URL --pki-dir DIR --count N [--ramp DURATION] [--duration DURATION] [--report FILE] [flags]
   simulator demo [--count N] [--duration DURATION] [--keep] [--report FILE] [--html FILE] [--metrics ADDR]
   simulator report merge A.json B.json ... --out ALL.json [--html FILE]
+  simulator artifact write --type MODULE --name NAME --device-type TYPE --file FILE [--dest-dir DIR] -o OUT.mender
+  simulator artifact read FILE [--key PUBLIC-KEY]
   simulator version
 
 Commands:
@@ -38,6 +40,7 @@ Commands:
   run         drive N virtual devices, each with its own key and certificate, through the real protocol
   demo        the first command to try: backend, ambassador, fresh PKI, a fleet and one real device-agent
   report      merge shard reports
+  artifact    write and read Mender Artifacts (for users without mender-artifact)
   version     print the version
 
 Run 'simulator COMMAND --help' (or 'simulator help COMMAND') for a command's flags.
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "report":
 		err = cmdReport(args[1:], stdout, stderr)
+	case "artifact":
+		err = cmdArtifact(args[1:], stdout, stderr)
 	case "ambassador":
 		err = cmdAmbassador(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "version", "--version", "-version":
