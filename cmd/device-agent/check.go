@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -112,6 +113,26 @@ func (c *checker) warn(name, msg string) {
 	}
 }
 
+// tpm records the TPM checks (tpmCheck): nothing when no key is in a TPM.
+func (c *checker) tpm(ctx context.Context, cfg *config.Config, log *slog.Logger) {
+	for _, r := range tpmCheck(ctx, cfg, log) {
+		switch r.Status {
+		case statusPass:
+			c.pass(r.Name, "%s", r.Text)
+		case statusFail:
+			c.fail(r.Name, errors.New(r.Text), r.Fix)
+		case "WARN":
+			msg := r.Text
+			if r.Fix != "" {
+				msg += "; fix: " + r.Fix
+			}
+			c.warn(r.Name, msg)
+		default:
+			c.skip(r.Name, "%s", r.Text)
+		}
+	}
+}
+
 // diagnosed records a failed connection step with the client's diagnosis.
 func (c *checker) diagnosed(name string, d client.Diagnosis, err error) {
 	detail := errText(err)
@@ -194,22 +215,7 @@ func runChecks(ctx context.Context, c *checker, cf *commonFlags, stderr io.Write
 	}
 	cfg := e.cfg
 
-	for _, r := range tpmCheck(ctx, cfg, e.log) {
-		switch r.Status {
-		case statusPass:
-			c.pass(r.Name, "%s", r.Text)
-		case statusFail:
-			c.fail(r.Name, errors.New(r.Text), r.Fix)
-		case "WARN":
-			msg := r.Text
-			if r.Fix != "" {
-				msg += "; fix: " + r.Fix
-			}
-			c.warn(r.Name, msg)
-		default:
-			c.skip(r.Name, "%s", r.Text)
-		}
-	}
+	c.tpm(ctx, cfg, e.log)
 
 	// The mTLS certificate and key, then the key that signs auth requests.
 	k := &keys{}

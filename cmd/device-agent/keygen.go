@@ -241,25 +241,3 @@ func containsFold(list []string, s string) bool {
 	}
 	return false
 }
-
-// reportTPM prints tpmCheck's lines in check's format and reports whether
-// none failed.
-func reportTPM(ctx context.Context, c *checker, cfg *config.Config, log *slog.Logger) bool {
-	ok := true
-	for _, r := range tpmCheck(ctx, cfg, log) {
-		switch r.Status {
-		case "PASS":
-			c.pass(r.Name, "%s", r.Text)
-		case "FAIL":
-			ok = false
-			c.fail(r.Name, errors.New(r.Text), r.Fix)
-		default:
-			msg := oneLine(r.Text)
-			if r.Fix != "" {
-				msg += "; fix: " + r.Fix
-			}
-			fmt.Fprintf(c.w, "%-4s  %-12s %s\n", r.Status, r.Name, msg)
-		}
-	}
-	return ok
-}

@@ -214,8 +214,8 @@ func TestKeygenTPM(t *testing.T) {
 		var out bytes.Buffer
 		c := &checker{w: &out}
 		missing := &config.Config{KeyFile: "handle:0x81000200", AuthKeyFile: ref, TPMDevice: device}
-		assert.False(t, reportTPM(t.Context(), c, missing, nil), "a missing key fails the check")
-		assert.True(t, c.failed)
+		c.tpm(t.Context(), missing, nil)
+		assert.True(t, c.failed, "a missing key fails the check")
 		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 		require.Len(t, lines, 4, out.String())
 		assert.True(t, strings.HasPrefix(lines[1], "FAIL  tpm key"), lines[1])
