@@ -89,6 +89,6 @@ func TestSubcommandHelp(t *testing.T) {
 	assert.Contains(t, stdout, "--log-level LEVEL")
 	_, stderr, code := agent(t, nil, "check", "--bogus")
 	assert.Equal(t, 2, code)
-	assert.Contains(t, stderr, "flag provided but not defined: -bogus")
+	assert.Contains(t, stderr, "device-agent check: flag provided but not defined: --bogus")
 	assert.Contains(t, stderr, "device-agent check --help")
 }

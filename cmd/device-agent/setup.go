@@ -13,6 +13,7 @@ import (
 
 	"github.com/mender-mtls/mtls-agent/internal/client"
 	"github.com/mender-mtls/mtls-agent/internal/config"
+	"github.com/mender-mtls/mtls-agent/internal/flaghelp"
 	"github.com/mender-mtls/mtls-agent/internal/identity"
 	"github.com/mender-mtls/mtls-agent/internal/keystore"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
@@ -25,7 +26,7 @@ type commonFlags struct {
 }
 
 // newFlagSet returns a command's flag set. Flag errors go to stderr (one
-// line from the flag package, plus a pointer to --help, by parseFlags);
+// line naming the flag as --flag, plus a pointer to --help, by parseFlags);
 // help asked for with --help or -h is returned by parseFlags as a
 // *helpShown error, which run prints to stdout with exit 0.
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
@@ -39,8 +40,9 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// helpWriter is a flag set's output while parseFlags runs Parse: writes
-// (flag errors) pass through; Usage leaves the help text in it.
+// helpWriter is a flag set's output while parseFlags runs Parse: the flag
+// package's own error lines are dropped (parseFlags prints them with --flag
+// spelling); Usage leaves the help text in it.
 type helpWriter struct {
 	io.Writer
 	text string
@@ -51,30 +53,11 @@ type helpShown struct{ text string }
 
 func (h *helpShown) Error() string { return "help requested" }
 
-// helpText renders fs's help with every flag spelled --flag and its
-// placeholder (the back-quoted word of its usage text).
+// helpText renders fs's help (flaghelp: flags spelled --flag with their
+// placeholders).
 func helpText(fs *flag.FlagSet, synopsis string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Usage: device-agent %s [flags]\n\n%s\n", fs.Name(), strings.TrimRight(synopsis, "\n"))
-	first := true
-	fs.VisitAll(func(f *flag.Flag) {
-		if first {
-			b.WriteString("\nFlags:\n")
-			first = false
-		}
-		name, text := flag.UnquoteUsage(f)
-		fmt.Fprintf(&b, "  --%s", f.Name)
-		if name != "" {
-			fmt.Fprintf(&b, " %s", name)
-		}
-		text = strings.ReplaceAll(text, "\n", "\n        ")
-		switch f.DefValue {
-		case "", "0", "false", "0s":
-		default:
-			text += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(&b, "\n        %s\n", text)
-	})
+	flaghelp.Write(&b, "device-agent "+fs.Name()+" [flags]", synopsis, fs, nil)
 	return b.String()
 }
 
@@ -112,7 +95,7 @@ func (c *commonFlags) logSetup(stderr io.Writer, getenv func(string) string, con
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	out := fs.Output()
-	hw := &helpWriter{Writer: out}
+	hw := &helpWriter{Writer: io.Discard} // parseFlags prints the flag package's error itself
 	fs.SetOutput(hw)
 	err := fs.Parse(args)
 	fs.SetOutput(out)
@@ -120,8 +103,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return &helpShown{text: hw.text}
 		}
-		// The flag package printed the problem as one line.
-		fmt.Fprintf(fs.Output(), "run 'device-agent %s --help' for its flags\n", fs.Name())
+		fmt.Fprintf(out, "device-agent %s: %s\nrun 'device-agent %s --help' for its flags\n", fs.Name(), flaghelp.Error(err), fs.Name())
 		return errUsage
 	}
 	if fs.NArg() > 0 {

@@ -5,8 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"regexp"
-	"strings"
+
+	"github.com/mender-mtls/mtls-agent/internal/flaghelp"
 )
 
 // errHelp marks help that was asked for and printed (exit 0).
@@ -41,47 +41,8 @@ func (fs *cmdFlags) printHelp(w io.Writer) {
 	if usage == "" {
 		usage = "simulator " + fs.Name() + " [flags]"
 	}
-	fmt.Fprintf(w, "Usage: %s\n\n%s\n", usage, strings.TrimRight(fs.synopsis, "\n"))
-	var b strings.Builder
-	fs.VisitAll(func(f *flag.Flag) {
-		if fs.hidden[f.Name] {
-			return
-		}
-		name, text := flag.UnquoteUsage(f)
-		fmt.Fprintf(&b, "  --%s", f.Name)
-		if name != "" {
-			fmt.Fprintf(&b, " %s", name)
-		}
-		b.WriteString("\n")
-		text = strings.ReplaceAll(text, "\n", "\n        ")
-		if def := defaultText(f); def != "" {
-			text += " (default " + def + ")"
-		}
-		fmt.Fprintf(&b, "        %s\n", text)
-	})
-	if b.Len() > 0 {
-		fmt.Fprintf(w, "\nFlags:\n%s", b.String())
-	}
+	flaghelp.Write(w, usage, fs.synopsis, fs.FlagSet, func(name string) bool { return fs.hidden[name] })
 }
-
-// defaultText is the default shown in the help: "" for a zero default,
-// quoted for a string flag.
-func defaultText(f *flag.Flag) string {
-	switch f.DefValue {
-	case "", "0", "false", "0s", "[]":
-		return ""
-	}
-	if g, ok := f.Value.(flag.Getter); ok {
-		if _, isString := g.Get().(string); isString {
-			return fmt.Sprintf("%q", f.DefValue)
-		}
-	}
-	return f.DefValue
-}
-
-// flagRefRE finds flag names as the flag package writes them in errors
-// ("-name"), so they can be shown as this project spells them ("--name").
-var flagRefRE = regexp.MustCompile(`(^|[\s:])-([a-zA-Z][a-zA-Z0-9-]*)`)
 
 // parseFlags parses args. It returns errHelp after printing the help to
 // stdout, errUsage after printing a flag error to stderr, and errUsage for
@@ -108,7 +69,7 @@ func (fs *cmdFlags) parse(args []string) error {
 		fs.printHelp(fs.stdout)
 		return errHelp
 	}
-	msg := flagRefRE.ReplaceAllString(err.Error(), "$1--$2")
+	msg := flaghelp.Error(err)
 	fmt.Fprintf(fs.stderr, "simulator %s: %s\nRun 'simulator %s --help' for the flags.\n", fs.Name(), msg, fs.Name())
 	return errUsage
 }
