@@ -186,7 +186,8 @@ func startDemoServers(ctx context.Context, dir string, log *slog.Logger) (*demoS
 	if err != nil {
 		return nil, err
 	}
-	backend, err := fakemender.New(fakemender.Options{EnableV2Next: true, Logger: log.With("component", "backend")})
+	backend, err := fakemender.New(fakemender.Options{EnableV2Next: true, ArtifactDir: filepath.Join(dir, "artifacts"),
+		Logger: log.With("component", "backend")})
 	if err != nil {
 		return nil, err
 	}

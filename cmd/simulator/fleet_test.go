@@ -162,6 +162,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{"bad key type", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--key-type", "dsa"}, "--key-type"},
 		{"prefix too long", []string{"--server", "https://x", "--count", "300", "--pki-dir", dir, "--mac-prefix", "02:00:00:00:00"}, "room for 256"},
 		{"deployment fail rate", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--deployment-fail-rate", "2"}, "--deployment-fail-rate 2"},
+		{"negative install time", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--install-time", "-1s"}, "--install-time -1s"},
 		{"old fail-rate name", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--fail-rate", "0.1"}, "renamed --deployment-fail-rate"},
 		{"attribute", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--inventory-attr", "novalue"}, "--inventory-attr"},
 		{"zero poll", []string{"--server", "https://x", "--count", "1", "--pki-dir", dir, "--poll", "0s"}, "--poll"},

@@ -12,7 +12,7 @@ import (
 var helpCommands = [][]string{
 	{"serve"}, {"ambassador"}, {"run"}, {"demo"}, {"version"}, {"report", "merge"},
 	{"pki", "init"}, {"pki", "server"}, {"pki", "device"}, {"pki", "sign-csr"}, {"pki", "revoke"}, {"pki", "list"},
-	{"artifact", "write"}, {"artifact", "read"},
+	{"artifact", "write"}, {"artifact", "read"}, {"deploy"},
 }
 
 // --help (and -h, -help, 'help COMMAND') on every command prints its help

@@ -29,6 +29,7 @@ Usage:
   simulator report merge A.json B.json ... --out ALL.json [--html FILE]
   simulator artifact write --type MODULE --name NAME --device-type TYPE --file FILE [--dest-dir DIR] -o OUT.mender
   simulator artifact read FILE [--key PUBLIC-KEY]
+  simulator deploy --server URL --user EMAIL (--artifact FILE | --artifact-name NAME) (--devices ID,… | --all) [flags]
   simulator version
 
 Commands:
@@ -41,6 +42,7 @@ Commands:
   demo        the first command to try: backend, ambassador, fresh PKI, a fleet and one real device-agent
   report      merge shard reports
   artifact    write and read Mender Artifacts (for users without mender-artifact)
+  deploy      upload an artifact, deploy it through the management API and follow it to the end
   version     print the version
 
 Run 'simulator COMMAND --help' (or 'simulator help COMMAND') for a command's flags.
@@ -74,6 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReport(args[1:], stdout, stderr)
 	case "artifact":
 		err = cmdArtifact(args[1:], stdout, stderr)
+	case "deploy":
+		err = cmdDeploy(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "ambassador":
 		err = cmdAmbassador(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "version", "--version", "-version":

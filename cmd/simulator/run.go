@@ -44,7 +44,7 @@ type runFlags struct {
 	count                       int
 	keyType, macPrefix          string
 	identityAttrs, invAttrs     repeatFlag
-	ramp, duration              time.Duration
+	ramp, duration, installTime time.Duration
 	poll, inventory, retryPoll  time.Duration
 	jitter, failRate            float64
 	tenantToken                 string
@@ -88,6 +88,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.BoolVar(&f.noMTLS, "no-mtls", false, "devices without client certificates (plain Mender); each still has its own key")
 	fs.StringVar(&f.keyFile, "key-file", "", "with --no-mtls: `FILE` caching every device key (created when missing)")
 	fs.Float64Var(&f.failRate, "deployment-fail-rate", 0, "`FRACTION` (0..1) of deployments a device reports as failed, with a log upload")
+	fs.DurationVar(&f.installTime, "install-time", 0, "`DURATION` a device spends installing each deployment (0: none)")
 	fs.Func("fail-rate", "renamed --deployment-fail-rate", func(string) error {
 		return errors.New("renamed --deployment-fail-rate (the fraction of deployments that fail; serve --fail-rate fails requests)")
 	})
@@ -163,6 +164,9 @@ func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, erro
 		}
 		invs = append(invs, a)
 	}
+	if f.installTime < 0 {
+		errs = append(errs, fmt.Errorf("--install-time %v: want 0 or a positive duration", f.installTime))
+	}
 	if !(f.failRate >= 0 && f.failRate <= 1) {
 		errs = append(errs, fmt.Errorf("--deployment-fail-rate %v: want a fraction in [0, 1]", f.failRate))
 	}
@@ -222,7 +226,7 @@ func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, erro
 			IdentityAttrs: ids, InventoryAttrs: invs, TenantToken: f.tenantToken,
 			DeviceType: f.deviceType, ArtifactName: f.artifactName,
 			Ramp: f.ramp, Duration: f.duration, PollInterval: f.poll, InventoryInterval: f.inventory,
-			RetryInterval: f.retryPoll, Jitter: f.jitter, FailRate: f.failRate, Logger: log,
+			RetryInterval: f.retryPoll, Jitter: f.jitter, FailRate: f.failRate, InstallDelay: f.installTime, Logger: log,
 		},
 		lo: lo, hi: hi, mode: mode, store: res, storeTime: time.Since(start),
 	}, nil

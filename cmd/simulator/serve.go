@@ -38,6 +38,7 @@ type serveFlags struct {
 	failRate       float64
 	dropRate       float64
 	latency        time.Duration
+	maxUpload      int64
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -66,8 +67,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&f.failRate, "fail-rate", 0, "answer this `FRACTION` (0..1) of device API requests with 503, to test retries")
 	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
 	fs.DurationVar(&f.latency, "latency", 0, "delay every device API request by this `DURATION` (one that gets a --fail-rate or --drop-rate fault gets no delay)")
+	fs.Int64Var(&f.maxUpload, "max-upload-size", fakemender.DefaultMaxArtifactUploadSize, "largest artifact upload in `BYTES`; larger uploads get 413")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if f.maxUpload <= 0 {
+		return fmt.Errorf("--max-upload-size %d: want a positive number of bytes", f.maxUpload)
 	}
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
@@ -92,18 +97,31 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	default:
 		statePath = absPath(statePath)
 	}
+	// Artifacts live in DIR/artifacts with persistent state; without
+	// state they go to a temporary directory that Close removes.
+	artifactDir := ""
+	if statePath != "" {
+		artifactDir = filepath.Join(f.dir, "artifacts")
+	}
 	backend, err := fakemender.New(fakemender.Options{
-		AutoAccept:    f.autoAccept,
-		User:          f.user,
-		Password:      f.password,
-		TokenLifetime: f.tokenLifetime,
-		EnableV2Next:  f.v2Next,
-		StatePath:     statePath,
-		Logger:        log,
+		AutoAccept:            f.autoAccept,
+		User:                  f.user,
+		Password:              f.password,
+		TokenLifetime:         f.tokenLifetime,
+		EnableV2Next:          f.v2Next,
+		StatePath:             statePath,
+		ArtifactDir:           artifactDir,
+		MaxArtifactUploadSize: f.maxUpload,
+		Logger:                log,
 	})
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err := backend.Close(); err != nil {
+			log.Warn("close fake backend", "err", err)
+		}
+	}()
 	if err := addServeFaults(backend, &f, log); err != nil {
 		return err
 	}

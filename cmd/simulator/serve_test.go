@@ -1,17 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"log/slog"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +23,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mender-mtls/mtls-agent/internal/artifact"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
@@ -213,4 +218,56 @@ func TestServeCertificateMessages(t *testing.T) {
 		assert.Contains(t, out, "state:       "+filepath.Join(abs, "state.json"))
 		assert.Contains(t, out, "password mender-test", "the documented default is shown")
 	})
+}
+
+// serve keeps artifacts in DIR/artifacts and bounds uploads by
+// --max-upload-size; a bad value is refused before anything starts.
+func TestServeArtifactDirAndUploadLimit(t *testing.T) {
+	var out, errb syncBuffer
+	err := cmdServe(t.Context(), []string{"--dir", t.TempDir(), "--max-upload-size", "0"}, &out, &errb)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--max-upload-size")
+
+	dir := t.TempDir()
+	text := startServeCmd(t, "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "error", "--max-upload-size", "20000")
+	m := regexp.MustCompile(`URL: +(https://\S+)`).FindStringSubmatch(text)
+	require.Len(t, m, 2, text)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(readFile(t, filepath.Join(dir, "ca.crt"))))
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	login, err := http.NewRequestWithContext(t.Context(), http.MethodPost, m[1]+menderapi.PathLogin, nil)
+	require.NoError(t, err)
+	login.SetBasicAuth(fakemender.DefaultUser, fakemender.DefaultPassword)
+	resp, err := client.Do(login)
+	require.NoError(t, err)
+	tok, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	upload := func(payload int) *http.Response {
+		var art bytes.Buffer
+		require.NoError(t, artifact.Write(&art, artifact.WriteOptions{Name: "r" + strconv.Itoa(payload), DeviceTypes: []string{"qemu"}, Type: "single-file",
+			Compression: artifact.None, Files: []artifact.InputFile{artifact.FileFromBytes("f.bin", bytes.Repeat([]byte{'x'}, payload))}}))
+		var form bytes.Buffer
+		mw := multipart.NewWriter(&form)
+		fw, err := mw.CreateFormFile("artifact", "a.mender")
+		require.NoError(t, err)
+		_, err = fw.Write(art.Bytes())
+		require.NoError(t, err)
+		require.NoError(t, mw.Close())
+		r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, m[1]+"/api/management/v1/deployments/artifacts", &form)
+		require.NoError(t, err)
+		r.Header.Set("Content-Type", mw.FormDataContentType())
+		r.Header.Set("Authorization", "Bearer "+string(tok))
+		resp, err := client.Do(r)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp
+	}
+	resp = upload(100)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	id := strings.TrimPrefix(resp.Header.Get("Location"), "/api/management/v1/deployments/artifacts/")
+	assert.FileExists(t, filepath.Join(dir, "artifacts", id+".mender"))
+	assert.Equal(t, http.StatusRequestEntityTooLarge, upload(30000).StatusCode)
 }

@@ -1,22 +1,21 @@
 package fakemender
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/mender-mtls/mtls-agent/internal/artifact"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
@@ -27,14 +26,11 @@ const (
 	pathFakePrefix      = "/api/management/v1/fake/"
 )
 
-// Artifact size bounds for DeploymentSpec.Size.
+// Payload size bounds for DeploymentSpec.Size.
 const (
 	MinArtifactSize = 4096      // the Go 3.x client refuses smaller images
-	MaxArtifactSize = 256 << 20 // the artifact is held in memory
+	MaxArtifactSize = 256 << 20 // keeps generated artifacts reasonable
 )
-
-// linkLifetime is how long a download link claims to be valid (§5.1).
-const linkLifetime = 24 * time.Hour
 
 // Device deployment statuses set by the server (besides the device ones).
 const (
@@ -44,6 +40,20 @@ const (
 	StatusDecommissioned = "decommissioned"
 )
 
+// Deployment statuses (Deployment.Status).
+const (
+	DeploymentPending    = "pending"
+	DeploymentInProgress = "inprogress"
+	DeploymentFinished   = "finished"
+)
+
+// Payload of the artifacts AddDeployment generates: a single-file update
+// module payload installing NAME.bin into fakeDestDir.
+const (
+	fakePayloadType = "single-file"
+	fakeDestDir     = "/tmp/fake-mender"
+)
+
 // DeploymentSpec describes a deployment for AddDeployment and for
 // POST /api/management/v1/fake/deployments.
 type DeploymentSpec struct {
@@ -51,29 +61,31 @@ type DeploymentSpec struct {
 	ArtifactName string `json:"artifact_name"`
 	// DeviceTypes are the compatible device types; at least one.
 	DeviceTypes []string `json:"device_types"`
-	// Size is the artifact size in bytes of random content; 0 =
+	// Size is the length in bytes of the random payload file; 0 =
 	// MinArtifactSize. It must lie in MinArtifactSize..MaxArtifactSize.
+	// The artifact around it is a little larger.
 	Size int64 `json:"size"`
 	// Devices are the target device ids, which must exist; empty = every
 	// device, including devices created later.
 	Devices []string `json:"devices"`
 }
 
-// deployment is one deployment with its artifact and per-device state.
+// deployment is one deployment and its per-device state.
 type deployment struct {
-	Seq          int64                     `json:"seq"`
-	ID           string                    `json:"id"`
-	ArtifactID   string                    `json:"artifact_id"`
-	ArtifactName string                    `json:"artifact_name"`
-	DeviceTypes  []string                  `json:"device_types"`
-	Size         int64                     `json:"size"`
-	Seed         []byte                    `json:"seed"` // ChaCha8 seed of the content
-	Checksum     string                    `json:"checksum"`
-	Targets      []string                  `json:"targets,omitempty"`
-	Created      time.Time                 `json:"created"`
-	Aborted      bool                      `json:"aborted"`
-	Devices      map[string]*devDeployment `json:"devices"`
-	data         []byte                    // derived from Seed, not persisted
+	Seq          int64    `json:"seq"`
+	ID           string   `json:"id"`
+	Name         string   `json:"name"`
+	ArtifactName string   `json:"artifact_name"`
+	Artifacts    []string `json:"artifacts"` // ids of every artifact named ArtifactName at creation
+	Targets      []string `json:"targets,omitempty"`
+	// Open means every device, including devices created later (the fake
+	// control's deployment without devices). It never finishes by itself.
+	Open     bool                      `json:"open,omitempty"`
+	Force    bool                      `json:"force_installation,omitempty"`
+	Created  time.Time                 `json:"created"`
+	Finished *time.Time                `json:"finished,omitempty"`
+	Aborted  bool                      `json:"aborted"`
+	Devices  map[string]*devDeployment `json:"devices"`
 }
 
 // devDeployment is the state of one device in a deployment.
@@ -82,15 +94,57 @@ type devDeployment struct {
 	SubState string `json:"substate,omitempty"`
 	// ArtifactName and DeviceType are what the device reported on its first
 	// next call; a change while active gives 409 (§11.13).
-	ArtifactName string                 `json:"artifact_name"`
-	DeviceType   string                 `json:"device_type"`
-	Created      time.Time              `json:"created"`
-	Updated      time.Time              `json:"updated"`
-	Log          []menderapi.LogMessage `json:"log,omitempty"`
+	ArtifactName string `json:"artifact_name"`
+	DeviceType   string `json:"device_type"`
+	// ArtifactID is the artifact handed out; "" for noartifact.
+	ArtifactID string                 `json:"artifact_id,omitempty"`
+	Created    time.Time              `json:"created"`
+	Updated    time.Time              `json:"updated"`
+	Started    *time.Time             `json:"started,omitempty"`  // first status past pending
+	Finished   *time.Time             `json:"finished,omitempty"` // reached a final status
+	Log        []menderapi.LogMessage `json:"log,omitempty"`
+}
+
+// setStatus changes the status, stamping Started and Finished.
+func (dd *devDeployment) setStatus(st string, now time.Time) {
+	dd.Status, dd.Updated = st, now
+	if st != StatusPending && dd.Started == nil && st != StatusNoArtifact && st != menderapi.StatusAlreadyInstalled {
+		dd.Started = &now
+	}
+	if finished(st) && dd.Finished == nil {
+		dd.Finished = &now
+	}
 }
 
 func (d *deployment) targets(devID string) bool {
-	return len(d.Targets) == 0 || slices.Contains(d.Targets, devID)
+	return d.Open || slices.Contains(d.Targets, devID)
+}
+
+// status is pending until a device picked the deployment up, finished once
+// aborted or once every target device finished, else inprogress. An open
+// deployment has no fixed target list: it stays inprogress until aborted.
+func (d *deployment) status() string {
+	switch {
+	case d.Aborted:
+		return DeploymentFinished
+	case len(d.Devices) == 0:
+		return DeploymentPending
+	case d.Open:
+		return DeploymentInProgress
+	}
+	for _, id := range d.Targets {
+		if dd := d.Devices[id]; dd == nil || !finished(dd.Status) {
+			return DeploymentInProgress
+		}
+	}
+	return DeploymentFinished
+}
+
+// markFinished stamps Finished once the deployment is finished.
+func (d *deployment) markFinished(now time.Time) {
+	if d.Finished == nil && d.status() == DeploymentFinished {
+		d.Finished = &now
+	}
 }
 
 // finished reports whether a device deployment status is final.
@@ -103,18 +157,18 @@ func finished(st string) bool {
 	return false
 }
 
-// artifactData derives the artifact content from its seed.
-func artifactData(seed []byte, size int64) []byte {
-	var s [32]byte
-	copy(s[:], seed)
-	buf := make([]byte, size)
-	_, _ = mrand.NewChaCha8(s).Read(buf) // never fails
-	return buf
-}
+// errNoArtifact means no artifact has the deployment's artifact name.
+var errNoArtifact = errors.New("no artifact with that name")
 
-// AddDeployment creates a deployment of a new random artifact and returns
-// its id. Errors wrap ErrInvalid for a bad spec and ErrNotFound for an
-// unknown target device.
+// errStoreStopped ends an artifact generator whose output is not read.
+var errStoreStopped = errors.New("artifact store stopped reading")
+
+// AddDeployment creates a deployment of a generated single-file artifact
+// named spec.ArtifactName with a random payload of spec.Size bytes and
+// returns its id. A stored artifact of that name with the same device types
+// is reused. Errors wrap ErrInvalid for a bad spec, ErrNotFound for an
+// unknown target device and ErrConflict when a stored artifact of that name
+// has other but overlapping device types.
 func (s *Server) AddDeployment(spec DeploymentSpec) (string, error) {
 	if err := s.ensure(); err != nil {
 		return "", err
@@ -131,32 +185,137 @@ func (s *Server) AddDeployment(spec DeploymentSpec) (string, error) {
 	if spec.Size < MinArtifactSize || spec.Size > MaxArtifactSize {
 		return "", fmt.Errorf("deployment size %d: %w: want %d..%d bytes", spec.Size, ErrInvalid, MinArtifactSize, MaxArtifactSize)
 	}
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed) // crypto/rand.Read never fails (Go ≥ 1.24)
-	data := artifactData(seed, spec.Size)
-	sum := sha256.Sum256(data)
-
+	s.mu.Lock()
+	reuse, err := s.reusableArtifactLocked(spec)
+	s.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	if !reuse {
+		if _, err := s.generateArtifact(spec); err != nil {
+			return "", err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, id := range spec.Devices {
-		if s.devices[id] == nil {
-			return "", fmt.Errorf("deployment devices: device %s: %w", id, ErrNotFound)
+	if err := s.checkDevicesLocked(spec.Devices); err != nil {
+		return "", err
+	}
+	dep, err := s.createDeploymentLocked(spec.ArtifactName, spec.ArtifactName, slices.Clone(spec.Devices), len(spec.Devices) == 0, false)
+	if err != nil {
+		return "", err
+	}
+	return dep.ID, nil
+}
+
+// reusableArtifactLocked checks the spec's devices and reports whether a
+// stored artifact has the spec's name and device types.
+func (s *Server) reusableArtifactLocked(spec DeploymentSpec) (bool, error) {
+	if err := s.checkDevicesLocked(spec.Devices); err != nil {
+		return false, err
+	}
+	want := slices.Sorted(slices.Values(spec.DeviceTypes))
+	want = slices.Compact(want)
+	reuse := false
+	for _, a := range s.artifacts {
+		if a.Name != spec.ArtifactName {
+			continue
 		}
+		have := slices.Compact(slices.Sorted(slices.Values(a.DeviceTypesCompatible)))
+		switch {
+		case slices.Equal(have, want):
+			reuse = true
+		case overlaps(have, want):
+			return false, fmt.Errorf("deployment artifact %q: %w: a stored artifact of that name has device types %v", spec.ArtifactName, ErrConflict, a.DeviceTypesCompatible)
+		}
+	}
+	return reuse, nil
+}
+
+func (s *Server) checkDevicesLocked(ids []string) error {
+	for _, id := range ids {
+		if s.devices[id] == nil {
+			return fmt.Errorf("deployment devices: device %s: %w", id, ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// payloadFileName makes the payload file name from the artifact name: the
+// characters an artifact file name allows, at most 100 in all.
+func payloadFileName(artifactName string) string {
+	b := []byte(artifactName)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.' || c == ','
+		if !ok {
+			b[i] = '_'
+		}
+	}
+	return string(b[:min(len(b), 96)]) + ".bin"
+}
+
+// generateArtifact writes a single-file artifact for spec into the store,
+// streaming: the payload is regenerated from a seed whenever it is read.
+func (s *Server) generateArtifact(spec DeploymentSpec) (Image, error) {
+	var seed [32]byte
+	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails (Go ≥ 1.24)
+	name := payloadFileName(spec.ArtifactName)
+	payload := artifact.InputFile{Name: name, Mode: 0o644, Size: spec.Size, Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(io.LimitReader(mrand.NewChaCha8(seed), spec.Size)), nil
+	}}
+	opts := artifact.WriteOptions{
+		Name: spec.ArtifactName, DeviceTypes: slices.Clone(spec.DeviceTypes), Type: fakePayloadType,
+		Files: []artifact.InputFile{
+			artifact.FileFromBytes("dest_dir", []byte(fakeDestDir+"\n")),
+			artifact.FileFromBytes("filename", []byte(name+"\n")),
+			artifact.FileFromBytes("permissions", []byte("0644\n")),
+			payload,
+		},
+		ModTime: s.now(),
+	}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := artifact.Write(pw, opts)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	img, err := s.storeArtifact(pr, uploadOpts{description: "generated by the fake backend", size: -1})
+	pr.CloseWithError(errStoreStopped)
+	if werr := <-done; werr != nil && !errors.Is(werr, errStoreStopped) {
+		return Image{}, fmt.Errorf("generate artifact %q: %w", spec.ArtifactName, werr)
+	}
+	if err != nil {
+		return Image{}, fmt.Errorf("generate artifact %q: %w", spec.ArtifactName, err)
+	}
+	return img, nil
+}
+
+// createDeploymentLocked stores a new deployment of every artifact named
+// artifactName; errNoArtifact when there is none. Called with s.mu held.
+func (s *Server) createDeploymentLocked(name, artifactName string, targets []string, open, force bool) (*deployment, error) {
+	var ids []string
+	for _, a := range s.sortedArtifactsLocked() {
+		if a.Name == artifactName {
+			ids = append(ids, a.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("deployment artifact_name %q: %w", artifactName, errNoArtifact)
 	}
 	s.seq++
 	dep := &deployment{
-		Seq: s.seq, ID: newUUID(), ArtifactID: newUUID(), ArtifactName: spec.ArtifactName,
-		DeviceTypes: slices.Clone(spec.DeviceTypes), Size: spec.Size, Seed: seed,
-		Checksum: hex.EncodeToString(sum[:]), Targets: slices.Clone(spec.Devices),
-		Created: s.now(), Devices: map[string]*devDeployment{}, data: data,
+		Seq: s.seq, ID: newUUID(), Name: name, ArtifactName: artifactName, Artifacts: ids,
+		Targets: uniq(targets), Open: open, Force: force, Created: s.now().UTC(),
+		Devices: map[string]*devDeployment{},
 	}
 	s.deployments[dep.ID] = dep
-	s.artifacts[dep.ArtifactID] = dep
 	if err := s.saveLocked(); err != nil {
-		return "", err
+		delete(s.deployments, dep.ID)
+		return nil, err
 	}
-	s.log.Info("deployment created", "deployment_id", dep.ID, "artifact_name", dep.ArtifactName, "size", dep.Size)
-	return dep.ID, nil
+	s.log.Info("deployment created", "deployment_id", dep.ID, "artifact_name", dep.ArtifactName, "artifacts", len(ids), "devices", len(dep.Targets), "all_devices", open)
+	return dep, nil
 }
 
 // DeviceDeploymentStatus returns the device's status in the deployment
@@ -196,23 +355,42 @@ func (s *Server) abortLocked(depID string) error {
 		return fmt.Errorf("deployment %s: %w", depID, ErrNotFound)
 	}
 	dep.Aborted = true
-	now := s.now()
+	now := s.now().UTC()
 	for _, dd := range dep.Devices {
 		if !finished(dd.Status) {
-			dd.Status, dd.Updated = StatusAborted, now
+			dd.setStatus(StatusAborted, now)
 		}
 	}
+	dep.markFinished(now)
 	return s.saveLocked()
 }
 
-// decommissionDeploymentsLocked ends the device's active deployments.
+// decommissionDeploymentsLocked ends the device's active deployments,
+// including those that list it but it never picked up.
 func (s *Server) decommissionDeploymentsLocked(devID string) {
-	now := s.now()
+	now := s.now().UTC()
 	for _, dep := range s.deployments {
-		if dd := dep.Devices[devID]; dd != nil && !finished(dd.Status) {
-			dd.Status, dd.Updated = StatusDecommissioned, now
+		dd := dep.Devices[devID]
+		if dd == nil && !dep.Aborted && slices.Contains(dep.Targets, devID) {
+			dd = &devDeployment{Status: StatusPending, Created: now, Updated: now}
+			dep.Devices[devID] = dd
+		}
+		if dd != nil && !finished(dd.Status) {
+			dd.setStatus(StatusDecommissioned, now)
+		}
+		dep.markFinished(now)
+	}
+}
+
+// uniq returns ids without repeats, in first-seen order.
+func uniq(ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
 		}
 	}
+	return out
 }
 
 // SetArtifactBaseURL sets the scheme://host[:port] that source.uri starts
@@ -292,9 +470,11 @@ func (s *Server) handleNextV2(w http.ResponseWriter, r *http.Request, rc *reqCtx
 
 // next answers a next call (§5.1): 409 when an active deployment sees a
 // different artifact_name/device_type, 200 with the same instructions while
-// active, else the oldest deployment not yet handed to the device: 204 when
-// its device type does not match (noartifact) or its artifact is installed
-// (already-installed), 200 otherwise; 204 when nothing is left.
+// active, else the oldest deployment not yet handed to the device. Its
+// artifact is the smallest (then newest) of the deployment's artifacts
+// compatible with the device type: none gives noartifact and 204; one with
+// the name the device runs gives already-installed and 204 unless the
+// deployment forces installation; otherwise 200. 204 when nothing is left.
 func (s *Server) next(w http.ResponseWriter, r *http.Request, rc *reqCtx, artifactName, deviceType string) {
 	if !validNextParam(artifactName) || !validNextParam(deviceType) {
 		menderapi.WriteError(w, http.StatusBadRequest, "artifact_name and device_type are required, each 1..4096 characters", rc.id)
@@ -303,14 +483,15 @@ func (s *Server) next(w http.ResponseWriter, r *http.Request, rc *reqCtx, artifa
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	deps := slices.SortedFunc(maps.Values(s.deployments), func(a, b *deployment) int { return cmp.Compare(a.Seq, b.Seq) })
-	now := s.now()
+	now := s.now().UTC()
 	for _, dep := range deps {
 		dd := dep.Devices[rc.devID]
 		if dd == nil || finished(dd.Status) {
 			continue
 		}
 		if dd.ArtifactName != artifactName || dd.DeviceType != deviceType {
-			dd.Status, dd.Updated = menderapi.StatusFailure, now
+			dd.setStatus(menderapi.StatusFailure, now)
+			dep.markFinished(now)
 			if !s.mutatedLocked(w, rc) {
 				return
 			}
@@ -318,7 +499,7 @@ func (s *Server) next(w http.ResponseWriter, r *http.Request, rc *reqCtx, artifa
 			menderapi.WriteError(w, http.StatusConflict, "the device reported a different artifact_name or device_type during an active deployment", rc.id)
 			return
 		}
-		s.writeInstructionsLocked(w, r, dep, now)
+		s.writeInstructionsLocked(w, r, rc, dep, dd)
 		return
 	}
 	for _, dep := range deps {
@@ -327,36 +508,63 @@ func (s *Server) next(w http.ResponseWriter, r *http.Request, rc *reqCtx, artifa
 		}
 		dd := &devDeployment{Status: StatusPending, ArtifactName: artifactName, DeviceType: deviceType, Created: now, Updated: now}
 		dep.Devices[rc.devID] = dd
+		a := s.pickArtifactLocked(dep, deviceType)
 		switch {
-		case !slices.Contains(dep.DeviceTypes, deviceType):
-			dd.Status = StatusNoArtifact
-		case artifactName == dep.ArtifactName:
-			dd.Status = menderapi.StatusAlreadyInstalled
+		case a == nil:
+			dd.setStatus(StatusNoArtifact, now)
+		case !dep.Force && artifactName == a.Name:
+			dd.ArtifactID = a.ID
+			dd.setStatus(menderapi.StatusAlreadyInstalled, now)
+		default:
+			dd.ArtifactID = a.ID
 		}
+		dep.markFinished(now)
 		if !s.mutatedLocked(w, rc) {
 			return
 		}
 		if dd.Status != StatusPending {
+			s.log.Info("deployment skipped", "device_id", rc.devID, "deployment_id", dep.ID, "status", dd.Status, "request_id", rc.id)
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		s.log.Info("deployment handed out", "device_id", rc.devID, "deployment_id", dep.ID, "request_id", rc.id)
-		s.writeInstructionsLocked(w, r, dep, now)
+		s.log.Info("deployment handed out", "device_id", rc.devID, "deployment_id", dep.ID, "artifact_id", a.ID, "request_id", rc.id)
+		s.writeInstructionsLocked(w, r, rc, dep, dd)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) writeInstructionsLocked(w http.ResponseWriter, r *http.Request, dep *deployment, now time.Time) {
-	expire := now.Add(linkLifetime).UTC().Truncate(time.Second)
-	uri := s.baseURLLocked(r) + pathDownloadPrefix + dep.ArtifactID + "?expires=" + strconv.FormatInt(expire.Unix(), 10)
+// pickArtifactLocked returns the smallest (on a tie the newest) of the
+// deployment's artifacts compatible with deviceType; nil when none is.
+func (s *Server) pickArtifactLocked(dep *deployment, deviceType string) *storedArtifact {
+	var best *storedArtifact
+	for _, id := range dep.Artifacts {
+		a := s.artifacts[id]
+		if a == nil || !slices.Contains(a.DeviceTypesCompatible, deviceType) {
+			continue
+		}
+		if best == nil || a.Size < best.Size || a.Size == best.Size && a.Seq > best.Seq {
+			best = a
+		}
+	}
+	return best
+}
+
+func (s *Server) writeInstructionsLocked(w http.ResponseWriter, r *http.Request, rc *reqCtx, dep *deployment, dd *devDeployment) {
+	a := s.artifacts[dd.ArtifactID]
+	if a == nil {
+		s.log.Error("artifact of an active deployment is gone", "deployment_id", dep.ID, "artifact_id", dd.ArtifactID, "request_id", rc.id)
+		menderapi.WriteError(w, http.StatusInternalServerError, "internal error", rc.id)
+		return
+	}
+	uri, expire := s.downloadLinkLocked(r, a.ID)
 	writeJSON(w, http.StatusOK, menderapi.DeploymentInstructions{
 		ID: dep.ID,
 		Artifact: menderapi.DeploymentArtifact{
-			ID: dep.ArtifactID, ArtifactName: dep.ArtifactName,
+			ID: a.ID, ArtifactName: a.Name,
 			Source:                menderapi.ArtifactSource{URI: uri, Expire: &expire},
-			DeviceTypesCompatible: slices.Clone(dep.DeviceTypes),
-			Size:                  dep.Size, Checksum: dep.Checksum,
+			DeviceTypesCompatible: slices.Clone(a.DeviceTypesCompatible),
+			Size:                  a.Size, Checksum: a.Checksum,
 		},
 	})
 }
@@ -366,7 +574,8 @@ const maxSubStateLen = 200
 
 // handleDeploymentStatus is PUT .../deployments/{id}/status (§5.2): 204;
 // 400 for a status outside the nine device values; 404 unknown; 409 once
-// aborted or decommissioned.
+// aborted or decommissioned, and for a change after a final status (a
+// repeat of the final status is a 204 no-op, so retries stay harmless).
 func (s *Server) handleDeploymentStatus(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	body, ok := readBody(w, r, rc)
 	if !ok {
@@ -396,8 +605,15 @@ func (s *Server) handleDeploymentStatus(w http.ResponseWriter, r *http.Request, 
 		menderapi.WriteError(w, http.StatusConflict, "deployment aborted", rc.id)
 		return
 	}
+	if finished(dd.Status) && dd.Status != rep.Status {
+		menderapi.WriteError(w, http.StatusConflict, fmt.Sprintf("deployment already finished for this device with status %s", dd.Status), rc.id)
+		return
+	}
 	if dd.Status != rep.Status || dd.SubState != rep.SubState {
-		dd.Status, dd.SubState, dd.Updated = rep.Status, rep.SubState, s.now()
+		now := s.now().UTC()
+		dd.SubState = rep.SubState
+		dd.setStatus(rep.Status, now)
+		dep.markFinished(now)
 		if !s.mutatedLocked(w, rc) {
 			return
 		}
@@ -463,89 +679,4 @@ func (s *Server) DeploymentLog(depID, devID string) []menderapi.LogMessage {
 		return slices.Clone(dd.Log)
 	}
 	return nil
-}
-
-// handleDownload serves the artifact without a JWT, like a presigned link:
-// Content-Length, Range (206 with Content-Range), 416 for bad ranges.
-func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
-	s.mu.Lock()
-	dep := s.artifacts[rc.params["id"]]
-	s.mu.Unlock()
-	if dep == nil {
-		menderapi.WriteError(w, http.StatusNotFound, "artifact not found", rc.id)
-		return
-	}
-	w.Header().Set(menderapi.HeaderContentType, "application/vnd.mender-artifact")
-	// dep.data is immutable once the deployment exists.
-	http.ServeContent(w, r, "", dep.Created, bytes.NewReader(dep.data))
-}
-
-// ArtifactData returns the content served for the deployment's artifact
-// (nil for an unknown deployment); callers must not modify it.
-func (s *Server) ArtifactData(depID string) []byte {
-	if s.ensure() != nil {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if dep := s.deployments[depID]; dep != nil {
-		return dep.data
-	}
-	return nil
-}
-
-// handleMgmtDeploymentStatus is the management abort:
-// PUT /api/management/v1/deployments/deployments/{id}/status {"status":"aborted"}.
-func (s *Server) handleMgmtDeploymentStatus(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
-	body, ok := readBody(w, r, rc)
-	if !ok {
-		return
-	}
-	var su menderapi.StatusUpdate
-	if err := json.Unmarshal(body, &su); err != nil || su.Status != StatusAborted {
-		menderapi.WriteError(w, http.StatusBadRequest, `body must be {"status":"aborted"}`, rc.id)
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.deployments[rc.params["id"]] == nil {
-		menderapi.WriteError(w, http.StatusNotFound, "deployment not found", rc.id)
-		return
-	}
-	if err := s.abortLocked(rc.params["id"]); err != nil {
-		s.log.Error("save state", "err", err, "request_id", rc.id)
-		menderapi.WriteError(w, http.StatusInternalServerError, "internal error", rc.id)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// DeviceDeployment is one device's state in a deployment, as
-// GET /api/management/v1/deployments/deployments/{id}/devices lists it.
-type DeviceDeployment struct {
-	ID       string    `json:"id"`
-	Status   string    `json:"status"`
-	SubState string    `json:"substate,omitempty"`
-	Created  time.Time `json:"created"`
-	Updated  time.Time `json:"updated"`
-}
-
-// handleMgmtDeploymentDevices lists the devices handed the deployment.
-func (s *Server) handleMgmtDeploymentDevices(w http.ResponseWriter, _ *http.Request, rc *reqCtx) {
-	s.mu.Lock()
-	dep := s.deployments[rc.params["id"]]
-	var out []DeviceDeployment
-	if dep != nil {
-		out = []DeviceDeployment{}
-		for _, id := range sortedKeys(dep.Devices) {
-			dd := dep.Devices[id]
-			out = append(out, DeviceDeployment{ID: id, Status: dd.Status, SubState: dd.SubState, Created: dd.Created, Updated: dd.Updated})
-		}
-	}
-	s.mu.Unlock()
-	if dep == nil {
-		menderapi.WriteError(w, http.StatusNotFound, "deployment not found", rc.id)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
 }

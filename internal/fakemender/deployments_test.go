@@ -1,9 +1,11 @@
 package fakemender_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mender-mtls/mtls-agent/internal/artifact"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
@@ -111,7 +114,11 @@ func TestDeploymentFlow(t *testing.T) {
 	assert.Equal(t, depID, di.ID)
 	assert.Equal(t, "r2", di.Artifact.ArtifactName)
 	assert.Equal(t, []string{"qemu", "rpi4"}, di.Artifact.DeviceTypesCompatible)
-	assert.Equal(t, int64(fakemender.MinArtifactSize), di.Artifact.Size)
+	arts := s.Artifacts()
+	require.Len(t, arts, 1)
+	assert.Equal(t, arts[0].ID, di.Artifact.ID)
+	assert.Equal(t, arts[0].Size, di.Artifact.Size)
+	assert.Greater(t, di.Artifact.Size, int64(fakemender.MinArtifactSize), "the artifact wraps a MinArtifactSize payload")
 	assert.Len(t, di.Artifact.Checksum, 64)
 	require.NotNil(t, di.Artifact.Source.Expire)
 	assert.Equal(t, "pending", s.DeviceDeploymentStatus(depID, devA))
@@ -133,15 +140,21 @@ func TestDeploymentFlow(t *testing.T) {
 	code, _ = next(tokA, "r2", "qemu")
 	assert.Equal(t, http.StatusNoContent, code, "finished deployments are not handed out again")
 
-	// A deployment for all devices: already-installed for A, noartifact for
-	// a wrong device type, and §11.13 for a changed artifact name.
-	all, err := s.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "r2", DeviceTypes: []string{"qemu"}, Size: 10000})
+	// The same name with overlapping but different device types conflicts.
+	_, err = s.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "r2", DeviceTypes: []string{"qemu"}, Size: 10000})
+	require.ErrorIs(t, err, fakemender.ErrConflict)
+
+	// A deployment for all devices reusing r2: already-installed for A,
+	// noartifact for a wrong device type, and §11.13 for a changed
+	// artifact name.
+	all, err := s.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "r2", DeviceTypes: []string{"rpi4", "qemu"}})
 	require.NoError(t, err)
+	assert.Len(t, s.Artifacts(), 1, "the artifact with the same name and device types is reused")
 	code, _ = next(tokA, "r2", "qemu")
 	assert.Equal(t, http.StatusNoContent, code)
 	assert.Equal(t, "already-installed", s.DeviceDeploymentStatus(all, devA))
 
-	code, _ = next(tokB, "r1", "rpi4")
+	code, _ = next(tokB, "r1", "beaglebone")
 	assert.Equal(t, http.StatusNoContent, code)
 	assert.Equal(t, "noartifact", s.DeviceDeploymentStatus(all, devB))
 
@@ -266,7 +279,7 @@ func TestAddDeploymentValidation(t *testing.T) {
 func TestDownload(t *testing.T) {
 	s := newServer(t, fakemender.Options{})
 	_, _, tok := acceptedDevice(t, s, "02:00:00:00:00:46")
-	depID, err := s.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "r2", DeviceTypes: []string{"qemu"}, Size: 5000})
+	_, err := s.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "r2", DeviceTypes: []string{"qemu"}, Size: 5000})
 	require.NoError(t, err)
 	rec := do(t, s, req{method: "GET", path: nextGet("r1", "qemu"), hdr: bearerHdr(tok)})
 	require.Equal(t, http.StatusOK, rec.Code)
@@ -274,10 +287,22 @@ func TestDownload(t *testing.T) {
 	u, err := url.Parse(di.Artifact.Source.URI)
 	require.NoError(t, err)
 	assert.Equal(t, "http://example.com", u.Scheme+"://"+u.Host, "derived from the request")
-	data := s.ArtifactData(depID)
-	require.Len(t, data, 5000)
+	data, err := s.ArtifactBytes(di.Artifact.ID)
+	require.NoError(t, err)
+	require.Len(t, data, int(di.Artifact.Size))
 	sum := sha256.Sum256(data)
 	assert.Equal(t, hex.EncodeToString(sum[:]), di.Artifact.Checksum)
+	art, err := artifact.Read(bytes.NewReader(data), artifact.ReadOptions{})
+	require.NoError(t, err, "a real artifact")
+	assert.Equal(t, "r2", art.Name)
+	assert.Equal(t, []string{"qemu"}, art.DeviceTypes)
+	assert.Equal(t, "single-file", art.Payload.Type)
+	require.Len(t, art.Payload.Files, 4)
+	assert.Equal(t, []string{"dest_dir", "filename", "permissions", "r2.bin"},
+		[]string{art.Payload.Files[0].Name, art.Payload.Files[1].Name, art.Payload.Files[2].Name, art.Payload.Files[3].Name})
+	assert.Equal(t, int64(5000), art.Payload.Files[3].Size)
+	n := len(data)
+	end := strconv.Itoa(n)
 
 	get := func(rng string) *httptest.ResponseRecorder {
 		hdr := map[string]string{}
@@ -292,11 +317,11 @@ func TestDownload(t *testing.T) {
 		wantRange    string
 		wantFrom, to int
 	}{
-		{"", http.StatusOK, "", 0, 5000},
-		{"bytes=1000-", http.StatusPartialContent, "bytes 1000-4999/5000", 1000, 5000},
-		{"bytes=10-19", http.StatusPartialContent, "bytes 10-19/5000", 10, 20},
-		{"bytes=4999-", http.StatusPartialContent, "bytes 4999-4999/5000", 4999, 5000},
-		{"bytes=5000-", http.StatusRequestedRangeNotSatisfiable, "bytes */5000", 0, 0},
+		{"", http.StatusOK, "", 0, n},
+		{"bytes=1000-", http.StatusPartialContent, fmt.Sprintf("bytes 1000-%d/%d", n-1, n), 1000, n},
+		{"bytes=10-19", http.StatusPartialContent, "bytes 10-19/" + end, 10, 20},
+		{"bytes=-1", http.StatusPartialContent, fmt.Sprintf("bytes %d-%d/%d", n-1, n-1, n), n - 1, n},
+		{"bytes=" + end + "-", http.StatusRequestedRangeNotSatisfiable, "bytes */" + end, 0, 0},
 		{"bytes=20-10", http.StatusRequestedRangeNotSatisfiable, "", 0, 0},
 		{"bytes=x-", http.StatusRequestedRangeNotSatisfiable, "", 0, 0},
 	}
@@ -312,10 +337,11 @@ func TestDownload(t *testing.T) {
 			assert.Equal(t, data[tt.wantFrom:tt.to], rec.Body.Bytes())
 		})
 	}
-	assert.Equal(t, http.StatusNotFound, do(t, s, req{method: "GET", path: "/api/devices/v1/deployments/download/nope"}).Code)
 	head := do(t, s, req{method: "HEAD", path: u.RequestURI()})
 	assert.Equal(t, http.StatusOK, head.Code)
-	assert.Equal(t, "5000", head.Header().Get("Content-Length"))
+	assert.Equal(t, end, head.Header().Get("Content-Length"))
+	assert.Equal(t, "application/vnd.mender-artifact", head.Header().Get("Content-Type"))
+	assert.Equal(t, `attachment; filename=r2.mender`, head.Header().Get("Content-Disposition"))
 	assert.Empty(t, head.Body.Bytes())
 	assert.NotEmpty(t, head.Header().Get(menderapi.HeaderRequestID))
 

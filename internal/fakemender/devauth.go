@@ -3,14 +3,10 @@ package fakemender
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/http"
-	"net/url"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
@@ -40,6 +36,8 @@ type device struct {
 	// Inventory holds the inventory-scope attributes by name.
 	Inventory        map[string]invAttr `json:"inventory,omitempty"`
 	InventoryUpdated time.Time          `json:"inventory_updated"`
+	// Group is the system-scope group attribute; "" = none.
+	Group string `json:"group,omitempty"`
 }
 
 // authSet is one (identity, normalized key, tier) combination of a device,
@@ -322,31 +320,11 @@ func (s *Server) filterDevicesLocked(status string, ids []string) []*device {
 	return out
 }
 
-// maxPerPage is the largest per_page of the listing.
-const maxPerPage = 500
-
-// parsePaging reads page and per_page (defaults 1 and 20).
-func parsePaging(q url.Values) (page, perPage int, err error) {
-	page, perPage = 1, 20
-	if v := q.Get("page"); v != "" {
-		if page, err = strconv.Atoi(v); err != nil || page < 1 {
-			return 0, 0, errors.New("invalid page query: want an integer ≥ 1")
-		}
-	}
-	if v := q.Get("per_page"); v != "" {
-		if perPage, err = strconv.Atoi(v); err != nil || perPage < 1 || perPage > maxPerPage {
-			return 0, 0, fmt.Errorf("invalid per_page query: want an integer in 1..%d", maxPerPage)
-		}
-	}
-	return page, perPage, nil
-}
-
 // handleListDevices is GET devauth devices with status/id filters and paging.
 func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	q := r.URL.Query()
-	page, perPage, err := parsePaging(q)
-	if err != nil {
-		menderapi.WriteError(w, http.StatusBadRequest, err.Error(), rc.id)
+	pg, ok := parsePagingOrFail(w, r, rc)
+	if !ok {
 		return
 	}
 	status := q.Get("status")
@@ -356,29 +334,12 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request, rc *r
 	}
 	s.mu.Lock()
 	all := s.filterDevicesLocked(status, q["id"])
-	start := min((page-1)*perPage, len(all))
-	end := min(start+perPage, len(all))
-	out := make([]menderapi.Device, 0, end-start)
-	for _, d := range all[start:end] {
-		out = append(out, d.view())
+	views := make([]menderapi.Device, 0, len(all))
+	for _, d := range all {
+		views = append(views, d.view())
 	}
 	s.mu.Unlock()
-
-	link := func(p int, rel string) string {
-		lq := maps.Clone(q)
-		lq.Set("page", strconv.Itoa(p))
-		lq.Set("per_page", strconv.Itoa(perPage))
-		return fmt.Sprintf("<%s?%s>; rel=%q", r.URL.Path, lq.Encode(), rel)
-	}
-	links := []string{link(1, "first")}
-	if page > 1 {
-		links = append(links, link(page-1, "prev"))
-	}
-	if end < len(all) {
-		links = append(links, link(page+1, "next"))
-	}
-	w.Header().Set("Link", strings.Join(links, ", "))
-	writeJSON(w, http.StatusOK, out)
+	writePage(w, r, pg, views)
 }
 
 // handleCountDevices is GET devices/count?status=.

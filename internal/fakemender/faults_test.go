@@ -204,7 +204,8 @@ func TestControlOverHTTP(t *testing.T) {
 	require.Equal(t, http.StatusOK, rec.Code)
 	di := decodeInstructions(t, rec.Body.Bytes())
 	assert.Equal(t, created.ID, di.ID)
-	assert.Equal(t, int64(8192), di.Artifact.Size)
+	assert.Equal(t, s.Artifacts()[0].Size, di.Artifact.Size)
+	assert.Equal(t, int64(8192), s.Artifacts()[0].Updates[0].Files[3].Size, "size is the payload file's")
 
 	rec = ctl("GET", "stats", "")
 	require.Equal(t, http.StatusOK, rec.Code)

@@ -49,6 +49,7 @@ func newServer(t *testing.T, opts fakemender.Options) *fakemender.Server {
 	t.Helper()
 	s, err := fakemender.New(opts)
 	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
 	return s
 }
 

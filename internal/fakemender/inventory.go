@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
@@ -190,25 +193,34 @@ func (s *Server) Inventory(deviceID string) map[string]any {
 	return out
 }
 
-// handleInventoryMgmt is GET /api/management/v1/inventory/devices/{id}:
-// inventory-scope attributes, identity-scope attributes from the identity
-// data, and the system-scope status.
+// inventoryView is the management view of a device: inventory-scope
+// attributes, identity-scope attributes from the identity data, and the
+// system-scope status and group. Called with s.mu held.
+func (d *device) inventoryView() menderapi.InventoryDevice {
+	out := menderapi.InventoryDevice{ID: d.ID, UpdatedTS: d.UpdatedTS, Attributes: []menderapi.InventoryMgmtAttribute{}}
+	if d.InventoryUpdated.After(out.UpdatedTS) {
+		out.UpdatedTS = d.InventoryUpdated
+	}
+	for _, name := range sortedKeys(d.Inventory) {
+		out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: name, Value: cloneValue(d.Inventory[name].Value), Scope: "inventory"})
+	}
+	for _, name := range sortedKeys(d.IdentityData) {
+		out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: name, Value: d.IdentityData[name], Scope: "identity"})
+	}
+	if d.Group != "" {
+		out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: "group", Value: d.Group, Scope: "system"})
+	}
+	out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: "status", Value: d.status(), Scope: "system"})
+	return out
+}
+
+// handleInventoryMgmt is GET /api/management/v1/inventory/devices/{id}.
 func (s *Server) handleInventoryMgmt(w http.ResponseWriter, _ *http.Request, rc *reqCtx) {
 	s.mu.Lock()
 	d := s.devices[rc.params["id"]]
 	var out menderapi.InventoryDevice
 	if d != nil {
-		out = menderapi.InventoryDevice{ID: d.ID, UpdatedTS: d.UpdatedTS, Attributes: []menderapi.InventoryMgmtAttribute{}}
-		if d.InventoryUpdated.After(out.UpdatedTS) {
-			out.UpdatedTS = d.InventoryUpdated
-		}
-		for _, name := range sortedKeys(d.Inventory) {
-			out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: name, Value: cloneValue(d.Inventory[name].Value), Scope: "inventory"})
-		}
-		for _, name := range sortedKeys(d.IdentityData) {
-			out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: name, Value: d.IdentityData[name], Scope: "identity"})
-		}
-		out.Attributes = append(out.Attributes, menderapi.InventoryMgmtAttribute{Name: "status", Value: d.status(), Scope: "system"})
+		out = d.inventoryView()
 	}
 	s.mu.Unlock()
 	if d == nil {
@@ -216,6 +228,131 @@ func (s *Server) handleInventoryMgmt(w http.ResponseWriter, _ *http.Request, rc 
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// inventoryFilter is one attribute equality filter of the device list.
+type inventoryFilter struct{ scope, name, value string }
+
+// matches reports whether an attribute of dev equals the filter value; an
+// array attribute matches when one element does, a number when its
+// decimal form does.
+func (f inventoryFilter) matches(dev menderapi.InventoryDevice) bool {
+	for _, a := range dev.Attributes {
+		if a.Scope != f.scope || a.Name != f.name {
+			continue
+		}
+		var vals []string
+		switch v := a.Value.(type) {
+		case string:
+			vals = []string{v}
+		case float64:
+			vals = []string{strconv.FormatFloat(v, 'f', -1, 64)}
+		case []string:
+			vals = v
+		case []float64:
+			for _, n := range v {
+				vals = append(vals, strconv.FormatFloat(n, 'f', -1, 64))
+			}
+		default:
+			vals = []string{fmt.Sprint(v)}
+		}
+		if slices.Contains(vals, f.value) {
+			return true
+		}
+	}
+	return false
+}
+
+// handleInventoryList is GET /api/management/v1/inventory/devices: every
+// device sorted by id, paged, filtered by group=NAME and by any other
+// [SCOPE/]NAME=[eq:]VALUE query (scope inventory by default).
+func (s *Server) handleInventoryList(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
+	pg, ok := parsePagingOrFail(w, r, rc)
+	if !ok {
+		return
+	}
+	var filters []inventoryFilter
+	for key, vals := range r.URL.Query() {
+		switch key {
+		case "page", "per_page", "sort":
+			continue
+		case "group":
+			key = "system/group"
+		}
+		scope, name, found := strings.Cut(key, "/")
+		if !found {
+			scope, name = "inventory", key
+		}
+		switch scope {
+		case "inventory", "identity", "system":
+		default:
+			menderapi.WriteError(w, http.StatusBadRequest, fmt.Sprintf("filter %q: scope must be inventory, identity or system", key), rc.id)
+			return
+		}
+		for _, v := range vals {
+			filters = append(filters, inventoryFilter{scope: scope, name: name, value: strings.TrimPrefix(v, "eq:")})
+		}
+	}
+	s.mu.Lock()
+	out := []menderapi.InventoryDevice{}
+	for _, id := range sortedKeys(s.devices) {
+		v := s.devices[id].inventoryView()
+		if !slices.ContainsFunc(filters, func(f inventoryFilter) bool { return !f.matches(v) }) {
+			out = append(out, v)
+		}
+	}
+	s.mu.Unlock()
+	writePage(w, r, pg, out)
+}
+
+// groupNameRE is what Mender allows as a group name.
+var groupNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// SetGroup puts the device into group (the system-scope group attribute);
+// "" removes it from its group. Errors wrap ErrNotFound or ErrInvalid.
+func (s *Server) SetGroup(deviceID, group string) error {
+	if err := s.ensure(); err != nil {
+		return err
+	}
+	if group != "" && !groupNameRE.MatchString(group) {
+		return fmt.Errorf("group %q: %w: want letters, digits, _ and - only", group, ErrInvalid)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.devices[deviceID]
+	if d == nil {
+		return fmt.Errorf("device %s: %w", deviceID, ErrNotFound)
+	}
+	d.Group = group
+	return s.saveLocked()
+}
+
+// handleSetGroup is PUT /api/management/v1/inventory/devices/{id}/group
+// {"group": NAME} → 204; 400 for a bad name; 404.
+func (s *Server) handleSetGroup(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
+	body, ok := readBody(w, r, rc)
+	if !ok {
+		return
+	}
+	var g struct {
+		Group string `json:"group"`
+	}
+	if err := json.Unmarshal(body, &g); err != nil || g.Group == "" {
+		menderapi.WriteError(w, http.StatusBadRequest, `body must be {"group":"NAME"}`, rc.id)
+		return
+	}
+	err := s.SetGroup(rc.params["id"], g.Group)
+	switch {
+	case errors.Is(err, ErrInvalid):
+		menderapi.WriteError(w, http.StatusBadRequest, err.Error(), rc.id)
+	case errors.Is(err, ErrNotFound):
+		menderapi.WriteError(w, http.StatusNotFound, "device not found", rc.id)
+	case err != nil:
+		s.log.Error("set group", "err", err, "request_id", rc.id)
+		menderapi.WriteError(w, http.StatusInternalServerError, "internal error", rc.id)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

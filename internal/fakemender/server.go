@@ -14,8 +14,13 @@
 // controls are reachable over HTTP under /api/management/v1/fake/ for tests
 // that drive a separate process.
 //
+// Artifacts are real Mender Artifacts, checked with internal/artifact on
+// upload and kept as files in Options.ArtifactDir; devices download them
+// through HMAC-signed links, as from presigned storage links.
+//
 // A Server is safe for concurrent use; all state sits behind one mutex. The
-// zero value is a usable memory-only server with an Ed25519 signing key;
+// zero value is a usable memory-only server with an Ed25519 signing key
+// (artifacts then go to a temporary directory that [Server.Close] removes);
 // [New] adds options and persistence.
 package fakemender
 
@@ -43,8 +48,14 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrNoPending means the device has no pending auth set to accept.
 	ErrNoPending = errors.New("no pending auth set")
-	// ErrInvalid means a DeploymentSpec or option value is out of range.
+	// ErrInvalid means a DeploymentSpec, option value or artifact is not
+	// valid.
 	ErrInvalid = errors.New("invalid value")
+	// ErrConflict means an artifact with the same name and an overlapping
+	// device type (or the same id) is already stored.
+	ErrConflict = errors.New("conflict")
+	// ErrTooLarge means an artifact is over Options.MaxArtifactUploadSize.
+	ErrTooLarge = errors.New("too large")
 )
 
 // Signing algorithms for Options.SigningAlg.
@@ -85,6 +96,17 @@ type Options struct {
 	// Device check-in times are saved with the next other mutation only.
 	// The file holds the JWT private key and is written with mode 0600.
 	StatePath string
+	// ArtifactDir is where uploaded and generated artifacts are stored, as
+	// ID.mender files (mode 0600); their metadata lives in the state. "" =
+	// DIR/artifacts next to StatePath when that is set, else a temporary
+	// directory made on first need and removed by Close.
+	ArtifactDir string
+	// MaxArtifactUploadSize bounds an artifact upload in bytes; larger
+	// uploads get 413. 0 = DefaultMaxArtifactUploadSize (1 GiB).
+	MaxArtifactUploadSize int64
+	// LinkLifetime is how long a signed artifact download link is valid;
+	// 0 = DefaultLinkLifetime (24 h).
+	LinkLifetime time.Duration
 	// Now is the clock for token times and timestamps; nil = time.Now.
 	Now func() time.Time
 	// Logger receives request and auth logs; nil = discard. Tokens and keys
@@ -105,13 +127,20 @@ type Server struct {
 	devices         map[string]*device // by device id
 	byHash          map[string]string  // identity hash → device id
 	tokens          map[string]tokenRecord
-	deployments     map[string]*deployment // by deployment id
-	artifacts       map[string]*deployment // by artifact id
+	deployments     map[string]*deployment     // by deployment id
+	artifacts       map[string]*storedArtifact // by artifact id
+	linkKey         []byte                     // HMAC key of download links
 	seq             int64
 	faults          []*faultEntry
 	stats           Stats
 	artifactBaseURL string
 	table           []route // immutable after ensure
+
+	// dirMu guards the artifact directory fields.
+	dirMu      sync.Mutex
+	artDir     string // "" until first needed
+	artDirTemp bool   // artDir is ours to remove in Close
+	closed     bool
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -123,6 +152,12 @@ func New(opts Options) (*Server, error) {
 	case "", AlgEdDSA, AlgRS256:
 	default:
 		return nil, fmt.Errorf("fakemender options: SigningAlg %q: %w: want %q or %q", opts.SigningAlg, ErrInvalid, AlgEdDSA, AlgRS256)
+	}
+	if opts.MaxArtifactUploadSize < 0 {
+		return nil, fmt.Errorf("fakemender options: MaxArtifactUploadSize %d: %w: want 0 (1 GiB) or positive", opts.MaxArtifactUploadSize, ErrInvalid)
+	}
+	if opts.LinkLifetime < 0 {
+		return nil, fmt.Errorf("fakemender options: LinkLifetime %v: %w: want 0 (24 h) or positive", opts.LinkLifetime, ErrInvalid)
 	}
 	if opts.TokenLifetime < 0 {
 		return nil, fmt.Errorf("fakemender options: TokenLifetime %v: %w: want 0 (7 days) or positive", opts.TokenLifetime, ErrInvalid)
@@ -158,7 +193,13 @@ func (s *Server) ensure() error {
 		s.byHash = map[string]string{}
 		s.tokens = map[string]tokenRecord{}
 		s.deployments = map[string]*deployment{}
-		s.artifacts = map[string]*deployment{}
+		s.artifacts = map[string]*storedArtifact{}
+		if s.opts.MaxArtifactUploadSize == 0 {
+			s.opts.MaxArtifactUploadSize = DefaultMaxArtifactUploadSize
+		}
+		if s.opts.LinkLifetime == 0 {
+			s.opts.LinkLifetime = DefaultLinkLifetime
+		}
 		s.stats = newStats()
 		s.table = s.routes()
 		s.mu.Lock()
@@ -185,6 +226,8 @@ func (s *Server) loadOrInit() error {
 	if s.key, err = generateSigningKey(alg); err != nil {
 		return err
 	}
+	s.linkKey = make([]byte, 32)
+	_, _ = rand.Read(s.linkKey) // crypto/rand.Read never fails (Go ≥ 1.24)
 	// Save at once so that management tokens survive a restart even when
 	// nothing else changed.
 	return s.saveLocked()
@@ -227,11 +270,14 @@ type reqCtx struct {
 type handlerFunc func(w http.ResponseWriter, r *http.Request, rc *reqCtx)
 
 // route is one path pattern; "{x}" segments capture one non-empty segment.
+// An upload route takes a multipart body bounded by the handler instead of
+// the JSON body every other route takes.
 type route struct {
 	key     string
 	auth    authKind
 	pattern []string
 	methods methods
+	upload  bool
 }
 
 // methods maps an HTTP method to its handler.
@@ -242,26 +288,38 @@ type methods map[string]handlerFunc
 func (s *Server) routes() []route {
 	devauth := "api/management/v2/devauth/"
 	return []route{
-		{RouteAuth, authNone, split(menderapi.PathAuthRequests), methods{"POST": s.handleAuthRequest}},
-		{RouteInventory, authDevice, split(menderapi.PathInventoryAttributes), methods{"PUT": s.handleInventoryPut, "PATCH": s.handleInventoryPatch}},
-		{RouteNext, authDevice, split(menderapi.PathNextV1), methods{"GET": s.handleNextV1Get, "POST": s.handleNextV1Post}},
-		{RouteNext, authDevice, split(menderapi.PathNextV2), methods{"POST": s.handleNextV2}},
-		{RouteStatus, authDevice, split(menderapi.DeploymentStatusPath("{id}")), methods{"PUT": s.handleDeploymentStatus}},
-		{RouteLog, authDevice, split(menderapi.DeploymentLogPath("{id}")), methods{"PUT": s.handleDeploymentLog}},
-		{RouteDownload, authNone, split(pathDownloadPrefix + "{id}"), methods{"GET": s.handleDownload, "HEAD": s.handleDownload}},
-		{RouteMgmt, authNone, split(menderapi.PathLogin), methods{"POST": s.handleLogin}},
-		{RouteMgmt, authMgmt, split(devauth + "devices"), methods{"GET": s.handleListDevices, "POST": s.handlePreauth}},
-		{RouteMgmt, authMgmt, split(devauth + "devices/count"), methods{"GET": s.handleCountDevices}},
-		{RouteMgmt, authMgmt, split(devauth + "devices/{id}"), methods{"GET": s.handleGetDevice, "DELETE": s.handleDecommission}},
-		{RouteMgmt, authMgmt, split(devauth + "devices/{id}/auth/{aid}"), methods{"DELETE": s.handleDeleteAuthSet}},
-		{RouteMgmt, authMgmt, split(devauth + "devices/{id}/auth/{aid}/status"), methods{"GET": s.handleGetAuthSetStatus, "PUT": s.handlePutAuthSetStatus}},
-		{RouteMgmt, authMgmt, split(menderapi.PathDevauthTokensPrefix + "{jti}"), methods{"DELETE": s.handleRevokeToken}},
-		{RouteMgmt, authMgmt, split(menderapi.PathInventoryMgmtPrefix + "{id}"), methods{"GET": s.handleInventoryMgmt}},
-		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/status"), methods{"PUT": s.handleMgmtDeploymentStatus}},
-		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/devices"), methods{"GET": s.handleMgmtDeploymentDevices}},
-		{RouteMgmt, authMgmt, split(pathFakePrefix + "faults"), methods{"POST": s.handleFakeAddFault, "DELETE": s.handleFakeClearFaults}},
-		{RouteMgmt, authMgmt, split(pathFakePrefix + "stats"), methods{"GET": s.handleFakeStats}},
-		{RouteMgmt, authMgmt, split(pathFakePrefix + "deployments"), methods{"POST": s.handleFakeAddDeployment}},
+		{RouteAuth, authNone, split(menderapi.PathAuthRequests), methods{"POST": s.handleAuthRequest}, false},
+		{RouteInventory, authDevice, split(menderapi.PathInventoryAttributes), methods{"PUT": s.handleInventoryPut, "PATCH": s.handleInventoryPatch}, false},
+		{RouteNext, authDevice, split(menderapi.PathNextV1), methods{"GET": s.handleNextV1Get, "POST": s.handleNextV1Post}, false},
+		{RouteNext, authDevice, split(menderapi.PathNextV2), methods{"POST": s.handleNextV2}, false},
+		{RouteStatus, authDevice, split(menderapi.DeploymentStatusPath("{id}")), methods{"PUT": s.handleDeploymentStatus}, false},
+		{RouteLog, authDevice, split(menderapi.DeploymentLogPath("{id}")), methods{"PUT": s.handleDeploymentLog}, false},
+		{RouteDownload, authNone, split(pathDownloadPrefix + "{id}"), methods{"GET": s.handleDownload, "HEAD": s.handleDownload}, false},
+		{RouteMgmt, authNone, split(menderapi.PathLogin), methods{"POST": s.handleLogin}, false},
+		{RouteMgmt, authMgmt, split(devauth + "devices"), methods{"GET": s.handleListDevices, "POST": s.handlePreauth}, false},
+		{RouteMgmt, authMgmt, split(devauth + "devices/count"), methods{"GET": s.handleCountDevices}, false},
+		{RouteMgmt, authMgmt, split(devauth + "devices/{id}"), methods{"GET": s.handleGetDevice, "DELETE": s.handleDecommission}, false},
+		{RouteMgmt, authMgmt, split(devauth + "devices/{id}/auth/{aid}"), methods{"DELETE": s.handleDeleteAuthSet}, false},
+		{RouteMgmt, authMgmt, split(devauth + "devices/{id}/auth/{aid}/status"), methods{"GET": s.handleGetAuthSetStatus, "PUT": s.handlePutAuthSetStatus}, false},
+		{RouteMgmt, authMgmt, split(menderapi.PathDevauthTokensPrefix + "{jti}"), methods{"DELETE": s.handleRevokeToken}, false},
+		{RouteMgmt, authMgmt, split(menderapi.PathInventoryMgmtPrefix + "{id}"), methods{"GET": s.handleInventoryMgmt}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "group/{name}"), methods{"POST": s.handleCreateGroupDeployment}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/status"), methods{"PUT": s.handleMgmtDeploymentStatus}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/devices"), methods{"GET": s.handleMgmtDeploymentDevices}, false},
+		{RouteMgmt, authMgmt, split(pathFakePrefix + "faults"), methods{"POST": s.handleFakeAddFault, "DELETE": s.handleFakeClearFaults}, false},
+		{RouteMgmt, authMgmt, split(pathFakePrefix + "stats"), methods{"GET": s.handleFakeStats}, false},
+		{RouteMgmt, authMgmt, split(pathFakePrefix + "deployments"), methods{"POST": s.handleFakeAddDeployment}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtArtifacts), methods{"GET": s.handleListArtifacts, "POST": s.handleUploadArtifact}, true},
+		{RouteMgmt, authMgmt, split(pathMgmtArtifacts + "/list"), methods{"GET": s.handleListArtifactsPaged}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtArtifacts + "/{id}"), methods{"GET": s.handleGetArtifact, "DELETE": s.handleDeleteArtifact}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtArtifacts + "/{id}/download"), methods{"GET": s.handleArtifactDownloadLink}, false},
+		{RouteMgmt, authMgmt, split(strings.TrimSuffix(pathMgmtDeployments, "/")), methods{"GET": s.handleListDeployments, "POST": s.handleCreateDeployment}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}"), methods{"GET": s.handleGetDeployment}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/statistics"), methods{"GET": s.handleDeploymentStatistics}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/devices/list"), methods{"GET": s.handleMgmtDeploymentDevicesPaged}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/devices/{devid}/log"), methods{"GET": s.handleMgmtDeviceLog}, false},
+		{RouteMgmt, authMgmt, split(strings.TrimSuffix(menderapi.PathInventoryMgmtPrefix, "/")), methods{"GET": s.handleInventoryList}, false},
+		{RouteMgmt, authMgmt, split(menderapi.PathInventoryMgmtPrefix + "{id}/group"), methods{"PUT": s.handleSetGroup}, false},
 	}
 }
 
@@ -355,6 +413,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !s.checkMgmtToken(rec, r, rc) {
 			return
 		}
+	}
+	if rt.upload && r.Method == http.MethodPost {
+		h(rec, r, rc)
+		return
 	}
 	if r.ContentLength > menderapi.MaxBodySize {
 		menderapi.WriteError(rec, http.StatusRequestEntityTooLarge, "request body too large", rc.id)

@@ -8,15 +8,19 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
 )
 
-// stateVersion is the format version of the state file.
-const stateVersion = 1
+// stateVersion is the format version of the state file. Version 2 stores
+// artifacts (files in the artifact directory) and deployments that refer to
+// them; version 1 deployments carried generated content of their own.
+const stateVersion = 2
 
-// stateFile is the persisted state. SigningKey is PKCS#8 DER (base64 in JSON).
+// stateFile is the persisted state. SigningKey is PKCS#8 DER (base64 in
+// JSON); LinkKey is the HMAC key of artifact download links.
 type stateFile struct {
 	Version     int                    `json:"version"`
 	SigningKey  []byte                 `json:"signing_key"`
@@ -24,6 +28,8 @@ type stateFile struct {
 	Devices     []*device              `json:"devices"`
 	Tokens      map[string]tokenRecord `json:"tokens"`
 	Deployments []*deployment          `json:"deployments"`
+	Artifacts   []*storedArtifact      `json:"artifacts"`
+	LinkKey     []byte                 `json:"link_key"`
 }
 
 // saveLocked writes the whole state atomically (mode 0600: it holds the JWT
@@ -40,6 +46,8 @@ func (s *Server) saveLocked() error {
 		Version: stateVersion, SigningKey: der, Seq: s.seq, Tokens: s.tokens,
 		Devices:     s.sortedDevicesLocked(),
 		Deployments: slices.SortedFunc(maps.Values(s.deployments), func(a, b *deployment) int { return cmp.Compare(a.Seq, b.Seq) }),
+		Artifacts:   slices.SortedFunc(maps.Values(s.artifacts), func(a, b *storedArtifact) int { return cmp.Compare(a.Seq, b.Seq) }),
+		LinkKey:     s.linkKey,
 	}
 	data, err := json.Marshal(st)
 	if err != nil {
@@ -93,17 +101,29 @@ func (s *Server) loadLocked() (bool, error) {
 	if st.Tokens != nil {
 		s.tokens = st.Tokens
 	}
-	for _, dep := range st.Deployments {
-		if dep.Size < MinArtifactSize || dep.Size > MaxArtifactSize {
-			return false, fmt.Errorf("load fake backend state %s: deployment %s: size %d out of range", path, dep.ID, dep.Size)
+	if len(st.LinkKey) != 32 {
+		return false, fmt.Errorf("load fake backend state %s: link_key: %d bytes, want 32 (delete the file to start empty)", path, len(st.LinkKey))
+	}
+	s.linkKey = st.LinkKey
+	if len(st.Artifacts) > 0 {
+		dir, err := s.artifactDir()
+		if err != nil {
+			return false, err
 		}
+		for _, a := range st.Artifacts {
+			file := filepath.Join(dir, a.ID+".mender")
+			if fi, err := os.Stat(file); err != nil || fi.Size() != a.Size {
+				return false, fmt.Errorf("load fake backend state %s: artifact %s (%s): file %s is missing or has the wrong size (restore the artifact directory or delete the state file)", path, a.ID, a.Name, file)
+			}
+			s.artifacts[a.ID] = a
+		}
+	}
+	for _, dep := range st.Deployments {
 		if dep.Devices == nil {
 			dep.Devices = map[string]*devDeployment{}
 		}
-		dep.data = artifactData(dep.Seed, dep.Size)
 		s.deployments[dep.ID] = dep
-		s.artifacts[dep.ArtifactID] = dep
 	}
-	s.log.Info("fake backend state loaded", "path", path, "devices", len(s.devices), "deployments", len(s.deployments))
+	s.log.Info("fake backend state loaded", "path", path, "devices", len(s.devices), "deployments", len(s.deployments), "artifacts", len(s.artifacts))
 	return true, nil
 }

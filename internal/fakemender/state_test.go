@@ -43,7 +43,15 @@ func TestStatePathSurvivesRestart(t *testing.T) {
 			assert.Equal(t, s1.Inventory(devID), s2.Inventory(devID))
 			assert.Equal(t, map[string]any{"n": []float64{1, 2}, "s": "x"}, s2.Inventory(devID))
 			assert.Equal(t, "downloading", s2.DeviceDeploymentStatus(depID, devID))
-			assert.Equal(t, s1.ArtifactData(depID), s2.ArtifactData(depID))
+			arts := s1.Artifacts()
+			require.Len(t, arts, 1)
+			assert.Equal(t, arts, s2.Artifacts())
+			b1, err := s1.ArtifactBytes(arts[0].ID)
+			require.NoError(t, err)
+			b2, err := s2.ArtifactBytes(arts[0].ID)
+			require.NoError(t, err)
+			assert.Equal(t, b1, b2)
+			assert.FileExists(t, filepath.Join(filepath.Dir(path), "artifacts", arts[0].ID+".mender"), "artifacts live next to the state file")
 
 			// Tokens from the first process keep working.
 			rec := do(t, s2, req{method: "GET", path: nextGet("r1", "qemu"), hdr: bearerHdr(tok)})
@@ -71,7 +79,8 @@ func TestStatePathErrors(t *testing.T) {
 	}{
 		{"not JSON", "{"},
 		{"wrong version", `{"version":99}`},
-		{"bad key", `{"version":1,"signing_key":"AAAA"}`},
+		{"bad key", `{"version":2,"signing_key":"AAAA"}`},
+		{"version 1 of the state file", `{"version":1}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

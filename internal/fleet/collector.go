@@ -57,6 +57,10 @@ func classify(op string, status int, err error) (kind string, fallback, canceled
 		switch {
 		case errors.Is(err, context.Canceled):
 			return "", false, true
+		case errors.Is(err, errArtifactRejected):
+			// The device hung up on an artifact it refused: the exchange
+			// did not fail, the deployment does (and is counted there).
+			return "", false, false
 		case status != 0:
 			return KindInterrupted, false, false
 		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
@@ -128,6 +132,10 @@ type collector struct {
 	// depFailedOnPurpose counts the failures decided by Options.FailRate
 	// (a subset of depFailed).
 	depFailedOnPurpose atomic.Uint64
+	// depCompletedBytes sums the lengths of the completed downloads, whose
+	// times are in depDownload; depInstall holds the install times.
+	depCompletedBytes       atomic.Uint64
+	depDownload, depInstall durationStats
 
 	memBaseline uint64
 	memPeak     atomic.Uint64
@@ -251,6 +259,27 @@ func memInUse() uint64 {
 		}
 	}
 	return total
+}
+
+// durationStats is a histogram of durations safe for concurrent use.
+type durationStats struct {
+	mu sync.Mutex
+	h  Histogram
+}
+
+// record adds one duration.
+func (s *durationStats) record(d time.Duration) {
+	s.mu.Lock()
+	s.h.Record(d)
+	s.mu.Unlock()
+}
+
+// snapshot returns a copy of the histogram.
+func (s *durationStats) snapshot() *Histogram {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.h
+	return &h
 }
 
 // TimelinePoint is one step of the timeline.

@@ -9,12 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mender-mtls/mtls-agent/internal/artifact"
 	"github.com/mender-mtls/mtls-agent/internal/client"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 	"github.com/mender-mtls/mtls-agent/internal/retry"
@@ -178,10 +181,16 @@ func (d *device) onDeployment(ctx context.Context, dep *menderapi.DeploymentInst
 	}
 }
 
-// deploy reports downloading, downloads and checks the artifact, reports
-// installing and rebooting, then success (and the new artifact name in
-// inventory) or, at the fail rate, failure with a log. A 409 ends it as
-// aborted.
+// deploy reports downloading, then downloads the artifact while reading
+// it as a Mender client does (see fetch) and checks it: the length and
+// sha256 the instructions announce, the artifact format with every
+// checksum of its manifest, the device type and the artifact name. Then it
+// reports installing (held for Options.InstallDelay) and rebooting, then
+// success (and the new artifact name in inventory) or, at the fail rate,
+// failure with a log. A failed check is a failure with a log naming it. A
+// 409 ends it as aborted. The download time (from the accepted
+// downloading report to the last byte) and the install time (from there
+// to the accepted final status report) go to the report.
 func (d *device) deploy(ctx context.Context, dep *menderapi.DeploymentInstructions) deployOutcome {
 	report := func(status string) error {
 		return d.retry(ctx, func() error { return d.c.ReportStatus(ctx, dep.ID, status) })
@@ -189,40 +198,44 @@ func (d *device) deploy(ctx context.Context, dep *menderapi.DeploymentInstructio
 	if err := report(menderapi.StatusDownloading); err != nil {
 		return stopped(err)
 	}
-	var (
-		n   int64
-		sum []byte
-	)
+	col := d.f.col
+	began := time.Now()
+	var got fetched
 	err := d.retry(ctx, func() error {
-		w := &artifactSink{h: sha256.New(), bytes: &d.f.col.depBytes}
-		got, err := d.c.Download(ctx, dep.Artifact.Source.URI, w)
-		n, sum = got, w.h.Sum(nil)
+		var err error
+		got, err = d.fetch(ctx, dep.Artifact.Source.URI)
 		return err
 	})
 	if err != nil {
 		return stopped(err)
 	}
-	if size := dep.Artifact.Size; size > 0 && n != size {
-		return d.fail(ctx, dep, fmt.Sprintf("artifact length %d differs from the announced %d bytes", n, size))
+	downloaded := time.Now()
+	if got.complete {
+		col.depDownload.record(downloaded.Sub(began))
+		col.depCompletedBytes.Add(uint64(got.n))
 	}
-	if want := dep.Artifact.Checksum; want != "" && !strings.EqualFold(want, hex.EncodeToString(sum)) {
-		return d.fail(ctx, dep, fmt.Sprintf("artifact checksum sha256:%x differs from the announced %s", sum, want))
+	if why := d.check(dep, got); why != "" {
+		return d.fail(ctx, dep, why, time.Time{})
 	}
 	for _, st := range []string{menderapi.StatusInstalling, menderapi.StatusRebooting} {
 		if err := report(st); err != nil {
 			return stopped(err)
 		}
+		if st == menderapi.StatusInstalling && !wait(ctx, d.f.opts.InstallDelay) {
+			return outcomeIncomplete
+		}
 	}
 	if d.f.opts.FailRate > 0 && d.f.rand() < d.f.opts.FailRate {
-		out := d.fail(ctx, dep, "simulated installation failure (fail rate "+fmt.Sprint(d.f.opts.FailRate)+")")
+		out := d.fail(ctx, dep, "simulated installation failure (fail rate "+fmt.Sprint(d.f.opts.FailRate)+")", downloaded)
 		if out == outcomeFailed {
-			d.f.col.depFailedOnPurpose.Add(1)
+			col.depFailedOnPurpose.Add(1)
 		}
 		return out
 	}
 	if err := report(menderapi.StatusSuccess); err != nil {
 		return stopped(err)
 	}
+	col.depInstall.record(time.Since(downloaded))
 	d.c.SetArtifactName(dep.Artifact.ArtifactName)
 	// The new name also goes out with every later poll; a failed inventory
 	// send is retried here and anyway by the inventory schedule.
@@ -230,10 +243,117 @@ func (d *device) deploy(ctx context.Context, dep *menderapi.DeploymentInstructio
 	return outcomeSucceeded
 }
 
-// fail reports failure and uploads a log explaining why.
-func (d *device) fail(ctx context.Context, dep *menderapi.DeploymentInstructions, why string) deployOutcome {
+// check returns why the fetched artifact must not be installed, or "".
+// The whole-file length and checksum come first: when they differ, the
+// bytes are not the announced artifact, whatever else is wrong with them.
+func (d *device) check(dep *menderapi.DeploymentInstructions, got fetched) string {
+	a := &dep.Artifact
+	if got.complete {
+		if a.Size > 0 && got.n != a.Size {
+			return fmt.Sprintf("artifact length %d differs from the announced %d bytes", got.n, a.Size)
+		}
+		if a.Checksum != "" && !strings.EqualFold(a.Checksum, hex.EncodeToString(got.sum)) {
+			return fmt.Sprintf("artifact checksum sha256:%x differs from the announced %s", got.sum, a.Checksum)
+		}
+	}
+	if got.bad != nil {
+		return fmt.Sprintf("artifact rejected after %d bytes: %v", got.n, got.bad)
+	}
+	if !slices.Contains(got.art.DeviceTypes, d.f.opts.DeviceType) {
+		return fmt.Sprintf("artifact %q is for device types %s, not this device's %q", got.art.Name,
+			strings.Join(got.art.DeviceTypes, ", "), d.f.opts.DeviceType)
+	}
+	if got.art.Name != a.ArtifactName {
+		return fmt.Sprintf("artifact name %q in the artifact header differs from the deployment's %q", got.art.Name, a.ArtifactName)
+	}
+	return ""
+}
+
+// wait waits for delay; false when ctx ended first.
+func wait(ctx context.Context, delay time.Duration) bool {
+	if delay <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// maxArtifactHeader bounds the artifact header (version, manifest and
+// decompressed header tar) a device holds while reading an artifact. Real
+// headers are a few KiB; the bound keeps a fleet's memory flat even
+// against a hostile server.
+const maxArtifactHeader = 1 << 20
+
+// errArtifactRejected ends a download whose bytes artifact.Read refused:
+// a real client stops downloading an artifact it cannot install.
+var errArtifactRejected = errors.New("artifact rejected while downloading")
+
+// fetched is what one download of an artifact found.
+type fetched struct {
+	// n is the number of bytes received and sum their sha256.
+	n   int64
+	sum []byte
+	// complete means every byte arrived (Download succeeded).
+	complete bool
+	// art is what the artifact declares, when it read without error;
+	// otherwise bad is the error of artifact.Read.
+	art *artifact.Artifact
+	bad error
+}
+
+// fetch downloads the artifact at uri and reads it with artifact.Read as
+// the bytes arrive, through a pipe: Download writes into it (resuming into
+// the same pipe, so the bytes stay in order), a goroutine reads from it.
+// Payload contents are only checksummed, so a device holds no more than a
+// bounded header and the readers' buffers, whatever the artifact's size.
+// When artifact.Read fails, the download stops at once and fetch returns
+// no error but a fetched with bad set. A download error is returned as is
+// (the caller may retry), after the pipe is closed with it so the reading
+// goroutine ends.
+func (d *device) fetch(ctx context.Context, uri string) (fetched, error) {
+	pr, pw := io.Pipe()
+	type result struct {
+		art *artifact.Artifact
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		art, err := artifact.Read(pr, artifact.ReadOptions{MaxHeaderSize: maxArtifactHeader})
+		if err != nil {
+			pr.CloseWithError(errArtifactRejected)
+		} else {
+			// Whatever follows the end of the outer tar (padding) is
+			// still part of the file, its length and checksum.
+			_, _ = io.Copy(io.Discard, pr) // fails only when the download does
+		}
+		done <- result{art, err}
+	}()
+	sink := &artifactSink{h: sha256.New(), bytes: &d.f.col.depBytes, w: pw}
+	n, err := d.c.Download(ctx, uri, sink)
+	pw.CloseWithError(err) // nil: the reader sees the end of the file
+	res := <-done
+	got := fetched{n: n, sum: sink.h.Sum(nil), complete: err == nil, art: res.art, bad: res.err}
+	if err != nil && !errors.Is(err, errArtifactRejected) {
+		return got, err // res.err, if any, only echoes the cut download
+	}
+	return got, nil
+}
+
+// fail reports failure and uploads a log explaining why. A non-zero
+// installing is when the install began: the install time then runs until
+// the failure report is accepted.
+func (d *device) fail(ctx context.Context, dep *menderapi.DeploymentInstructions, why string, installing time.Time) deployOutcome {
 	if err := d.retry(ctx, func() error { return d.c.ReportStatus(ctx, dep.ID, menderapi.StatusFailure) }); err != nil {
 		return stopped(err)
+	}
+	if !installing.IsZero() {
+		d.f.col.depInstall.record(time.Since(installing))
 	}
 	msgs := []menderapi.LogMessage{
 		{Timestamp: time.Now().UTC(), Level: "info", Message: "installing artifact " + dep.Artifact.ArtifactName},
@@ -290,17 +410,19 @@ func transient(err error) bool {
 	return retry.Classify(nil, err) == retry.DecisionBackoff
 }
 
-// artifactSink hashes and counts the artifact bytes.
+// artifactSink hashes and counts the artifact bytes, then passes them on
+// to w.
 type artifactSink struct {
 	h     hash.Hash
 	bytes *atomic.Uint64
+	w     io.Writer
 }
 
-// Write hashes and counts p; it never fails.
+// Write hashes and counts p and writes it to w; it fails when w does.
 func (s *artifactSink) Write(p []byte) (int, error) {
 	s.h.Write(p) // never fails
 	s.bytes.Add(uint64(len(p)))
-	return len(p), nil
+	return s.w.Write(p)
 }
 
 // derCredential is a device's mTLS credential holding the certificate as

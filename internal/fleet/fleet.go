@@ -8,9 +8,11 @@
 // [Fleet.Run] starts the devices over a ramp. Each device's inventory and
 // update jobs run on timers through client.Step, the per-attempt logic and
 // wait rules of client.Run, so an idle device holds no goroutine. Devices
-// act on deployments as a device would: download with resume, length and
-// checksum check, status reports, failure with a log upload at a
-// configurable rate, a stop on 409, and the new artifact name in later
+// act on deployments as a device would: download with resume while reading
+// the Mender Artifact (format, every manifest checksum, device type and
+// name) as it arrives, length and checksum check, status reports, an
+// optional install time, failure with a log upload at a configurable rate
+// or on a failed check, a stop on 409, and the new artifact name in later
 // inventory and polls. The run ends with a [Report]: per-operation counts,
 // errors by kind and latency quantiles from constant-memory mergeable
 // histograms ([Histogram]), the time until every device was accepted, full
@@ -103,6 +105,10 @@ type Options struct {
 	// FailRate is the fraction of deployments a device reports as failed
 	// (with a log upload), in [0, 1]; 0 means none.
 	FailRate float64
+	// InstallDelay is how long a device stays in the installing state of a
+	// deployment, simulating the time an install takes; 0 means it moves
+	// on at once.
+	InstallDelay time.Duration
 	// DisableKeepAlives closes each connection after one request; false
 	// keeps connections alive between requests.
 	DisableKeepAlives bool
@@ -187,8 +193,8 @@ func New(opts Options) (*Fleet, error) {
 	if !(opts.FailRate >= 0 && opts.FailRate <= 1) {
 		bad("FailRate %v: want a fraction in [0, 1]", opts.FailRate)
 	}
-	if opts.Ramp < 0 || opts.Duration < 0 || opts.SampleInterval < 0 {
-		bad("Ramp, Duration and SampleInterval must not be negative")
+	if opts.Ramp < 0 || opts.Duration < 0 || opts.SampleInterval < 0 || opts.InstallDelay < 0 {
+		bad("Ramp, Duration, SampleInterval and InstallDelay must not be negative")
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("fleet options: %w", errors.Join(errs...))
@@ -468,11 +474,15 @@ func (f *Fleet) report(ended time.Time) *Report {
 			Started: c.depStarted.Load(), Succeeded: c.depSucceeded.Load(), Failed: c.depFailed.Load(),
 			FailedOnPurpose: c.depFailedOnPurpose.Load(), FailRate: f.opts.FailRate,
 			Aborted: c.depAborted.Load(), Incomplete: c.depIncomplete.Load(), DownloadedBytes: c.depBytes.Load(),
+			CompletedDownloadBytes: c.depCompletedBytes.Load(),
+			DownloadSeconds:        newDurationSummary(c.depDownload.snapshot()),
+			InstallSeconds:         newDurationSummary(c.depInstall.snapshot()),
 		},
 		Operations: map[string]*OpReport{},
 	}
 	r.Pending, r.Failing = f.states()
 	r.Memory.PerDeviceKiB = perDeviceKiB(r.Memory, r.Devices)
+	r.Deployments.fillStats()
 	if d, ok := c.timeToAllAccepted(); ok {
 		s := d.Seconds()
 		r.TimeToAllAcceptedS = &s

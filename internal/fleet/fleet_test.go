@@ -258,9 +258,21 @@ func TestFleetDeployments(t *testing.T) {
 			}
 			cancel()
 			r := <-done
+			// The backend serves a real artifact; every device downloads all
+			// of it (an aborted device learns of it after its download).
+			size := uint64(env.announcedSize(depID))
+			require.Positive(t, size)
 			want := tt.want
-			want.DownloadedBytes = 3 * 64 << 10 // an aborted device learns of it after its download
-			assert.Equal(t, want, r.Deployments)
+			want.DownloadedBytes, want.CompletedDownloadBytes, want.ArtifactBytesPerDevice = 3*size, 3*size, size
+			got := r.Deployments
+			assert.Equal(t, uint64(3), got.DownloadSeconds.Count, "a download time per device")
+			installs := uint64(3)
+			if tt.abort {
+				installs = 0 // the 409 of the installing report stops them
+			}
+			assert.Equal(t, installs, got.InstallSeconds.Count, "an install time per device that installed")
+			got.DownloadSeconds, got.InstallSeconds = DurationSummary{}, DurationSummary{}
+			assert.Equal(t, want, got)
 			for _, id := range targets {
 				if tt.failRate > 0 {
 					log := env.backend.DeploymentLog(depID, id)
@@ -328,6 +340,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"mac identity attribute", Options{ServerURL: "https://x", Credentials: creds, IdentityAttrs: []Attribute{{"mac", []string{"x"}}}}, "mac"},
 		{"fail rate", Options{ServerURL: "https://x", Credentials: creds, FailRate: 1.5}, "FailRate"},
 		{"negative ramp", Options{ServerURL: "https://x", Credentials: creds, Ramp: -1}, "negative"},
+		{"negative install delay", Options{ServerURL: "https://x", Credentials: creds, InstallDelay: -time.Second}, "InstallDelay must not be negative"},
 		{"bad URL reaches the client", Options{ServerURL: "ftp://x", Credentials: creds}, "scheme"},
 	}
 	for _, tt := range tests {

@@ -1,8 +1,12 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -12,6 +16,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +26,7 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/ambassador"
 	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
+	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 	"github.com/mender-mtls/mtls-agent/internal/pki/pkitest"
 )
@@ -34,6 +41,95 @@ type testEnv struct {
 	roots *x509.CertPool
 	// viaAmbassador is true when url is the ambassador's.
 	viaAmbassador bool
+	// backendURL is the backend's own server, where the test artifact is
+	// served (no client certificate needed).
+	backendURL string
+	// artifact, when set, replaces the artifact of every deployment the
+	// backend hands out (see serve).
+	artifact atomic.Pointer[testArtifact]
+	// announced maps a deployment id to the artifact size its
+	// instructions announced to the devices.
+	announced sync.Map
+}
+
+// testArtifact is what a test serves instead of the backend's artifacts.
+type testArtifact struct {
+	// data is served for every deployment, with Range support.
+	data []byte
+	// checksum is announced in the instructions; "" means data's sha256.
+	checksum string
+}
+
+// testArtifactPath is where the backend server serves testEnv.artifact.
+const testArtifactPath = "/test-artifact"
+
+// serve is the backend server's handler: the backend, except that it
+// notes the artifact size of the deployment instructions it hands out in
+// e.announced, and while e.artifact is set, the instructions point at the
+// test artifact (with its length and checksum) and the server serves it.
+func (e *testEnv) serve(w http.ResponseWriter, r *http.Request) {
+	art := e.artifact.Load()
+	switch r.URL.Path {
+	case testArtifactPath:
+		if art == nil {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/vnd.mender-artifact")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(art.data))
+		return
+	case menderapi.PathNextV1, menderapi.PathNextV2:
+	default:
+		e.backend.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	e.backend.ServeHTTP(rec, r)
+	body := rec.Body.Bytes()
+	if rec.Code == http.StatusOK {
+		var dep menderapi.DeploymentInstructions
+		if err := json.Unmarshal(body, &dep); err != nil {
+			http.Error(w, "test: decode the backend's instructions: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if art == nil {
+			e.announced.Store(dep.ID, dep.Artifact.Size)
+			copyAnswer(w, rec, body)
+			return
+		}
+		sum := sha256.Sum256(art.data)
+		dep.Artifact.Source.URI = e.backendURL + testArtifactPath
+		dep.Artifact.Size, dep.Artifact.Checksum = int64(len(art.data)), hex.EncodeToString(sum[:])
+		if art.checksum != "" {
+			dep.Artifact.Checksum = art.checksum
+		}
+		e.announced.Store(dep.ID, dep.Artifact.Size)
+		var err error
+		if body, err = json.Marshal(dep); err != nil {
+			http.Error(w, "test: encode instructions: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+	}
+	copyAnswer(w, rec, body)
+}
+
+// copyAnswer writes the recorded answer with body instead of its own.
+func copyAnswer(w http.ResponseWriter, rec *httptest.ResponseRecorder, body []byte) {
+	for k, v := range rec.Header() {
+		if k != "Content-Length" {
+			w.Header()[k] = v
+		}
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(body)
+}
+
+// announcedSize returns the artifact size the devices were told for
+// deployment depID, 0 when none was handed out.
+func (e *testEnv) announcedSize(depID string) int64 {
+	v, _ := e.announced.Load(depID)
+	n, _ := v.(int64)
+	return n
 }
 
 // newEnv starts the backend (auto-accepting when there is no ambassador)
@@ -42,14 +138,15 @@ type testEnv struct {
 func newEnv(t *testing.T, mtls bool) *testEnv {
 	t.Helper()
 	ca := pkitest.NewCA(t)
-	backend, err := fakemender.New(fakemender.Options{AutoAccept: !mtls})
+	backend, err := fakemender.New(fakemender.Options{AutoAccept: !mtls, ArtifactDir: t.TempDir()})
 	require.NoError(t, err)
-	bsrv := httptest.NewUnstartedServer(backend)
+	env := &testEnv{ca: ca, backend: backend, roots: ca.Pool()}
+	bsrv := httptest.NewUnstartedServer(http.HandlerFunc(env.serve))
 	bsrv.TLS = ca.ServerTLSConfig(t)
 	bsrv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut at the end of a run
 	bsrv.StartTLS()
 	t.Cleanup(bsrv.Close)
-	env := &testEnv{ca: ca, backend: backend, url: bsrv.URL, roots: ca.Pool()}
+	env.url, env.backendURL = bsrv.URL, bsrv.URL
 	if !mtls {
 		return env
 	}

@@ -78,6 +78,7 @@ var pageTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
 	"f1":   func(v float64) string { return fmt.Sprintf("%.1f", v) },
 	"time": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"join": func(s []string) string { return strings.Join(s, ", ") },
+	"secs": seconds,
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Fleet simulator report: {{.R.Devices}} devices</title>
@@ -99,7 +100,9 @@ svg{display:block;margin:6px 0;background:#fff}.hists{display:flex;flex-wrap:wra
 <tr><td>TLS handshakes</td><td>{{.R.Handshakes.Full}} full, {{.R.Handshakes.Resumed}} resumed</td></tr>
 <tr><td>Memory</td><td>peak {{mib .R.Memory.PeakBytes}}, {{f1 .R.Memory.PerDeviceKiB}} KiB per device</td></tr>
 <tr><td>Deployments</td><td>{{.R.Deployments.Started}} started: {{.R.Deployments.Succeeded}} succeeded, {{.R.Deployments.Failed}} failed, {{.R.Deployments.Aborted}} aborted, {{.R.Deployments.Incomplete}} incomplete; {{.R.Deployments.DownloadedBytes}} bytes downloaded</td></tr>
-</table>
+{{with .R.Deployments}}{{if .DownloadSeconds.Count}}<tr><td>Deployment downloads</td><td>{{template "durations" .DownloadSeconds}}; {{.ArtifactBytesPerDevice}} artifact bytes per device</td></tr>
+{{end}}{{if .InstallSeconds.Count}}<tr><td>Deployment installs</td><td>{{template "durations" .InstallSeconds}}</td></tr>
+{{end}}{{end}}</table>
 <h2>Operations</h2>
 <table>
 <tr><th>operation</th><th>count</th><th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>errors by kind</th></tr>
@@ -112,6 +115,7 @@ svg{display:block;margin:6px 0;background:#fff}.hists{display:flex;flex-wrap:wra
 <h2>Latency histograms</h2>
 <div class="hists">{{range .Ops}}{{.Chart}}{{end}}</div>
 </body></html>
+{{define "durations"}}{{.Count}} devices: p50 {{secs .P50S}}, p90 {{secs .P90S}}, p99 {{secs .P99S}}, max {{secs .MaxS}}{{end}}
 `))
 
 type series struct {

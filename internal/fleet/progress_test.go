@@ -54,7 +54,7 @@ func TestSummaryExplainsFailuresAndMemory(t *testing.T) {
 	sum := b.String()
 	assert.Contains(t, sum, "2048.0 KiB per device, measured with 3 devices")
 	assert.Contains(t, sum, "2 failed on purpose: the devices fail 10 % of deployments (deployment fail rate)")
-	assert.Contains(t, sum, "1 failed on a wrong artifact length or checksum")
+	assert.Contains(t, sum, "1 failed an artifact check: length, checksum, format, device type or name")
 
 	r.Deployments = Deployments{Started: 2, Succeeded: 2}
 	b.Reset()

@@ -113,7 +113,8 @@ type Deployments struct {
 	// Succeeded counts deployments reported as success.
 	Succeeded uint64 `json:"succeeded"`
 	// Failed counts deployments reported as failure (simulated at the fail
-	// rate, or a length or checksum mismatch), each with a log upload.
+	// rate, or an artifact that failed a check: length, checksum, format,
+	// device type or name), each with a log upload.
 	Failed uint64 `json:"failed"`
 	// FailedOnPurpose is the part of Failed decided by the fail rate.
 	FailedOnPurpose uint64 `json:"failed_on_purpose"`
@@ -126,8 +127,74 @@ type Deployments struct {
 	// Incomplete counts deployments left unfinished: retries exhausted or
 	// the run ended.
 	Incomplete uint64 `json:"incomplete"`
-	// DownloadedBytes is the artifact bytes received.
+	// DownloadedBytes is the artifact bytes received, including those of
+	// downloads that were cut, retried or stopped.
 	DownloadedBytes uint64 `json:"downloaded_bytes"`
+	// CompletedDownloadBytes is the artifact bytes of the downloads that
+	// completed (one per device and deployment, DownloadSeconds.Count).
+	CompletedDownloadBytes uint64 `json:"completed_download_bytes"`
+	// ArtifactBytesPerDevice is CompletedDownloadBytes / DownloadSeconds.Count,
+	// rounded: the mean artifact size a device downloaded; 0 without a
+	// completed download.
+	ArtifactBytesPerDevice uint64 `json:"artifact_bytes_per_device"`
+	// DownloadSeconds is the time of each completed download, from the
+	// accepted downloading report to the last byte (resumes and retries
+	// included; the artifact is read and checked on the way).
+	DownloadSeconds DurationSummary `json:"download_seconds"`
+	// InstallSeconds is the time of each simulated install, from the end of
+	// the download to the accepted final status report (success, or failure
+	// at the fail rate), Options.InstallDelay included.
+	InstallSeconds DurationSummary `json:"install_seconds"`
+}
+
+// DurationSummary summarises durations of one step of the deployments,
+// one per device and deployment, in seconds.
+type DurationSummary struct {
+	// Count is the number of durations.
+	Count uint64 `json:"count"`
+	// P50S, P90S and P99S are quantiles in seconds, within
+	// HistogramRelativeError; MaxS and MeanS are exact. All are rounded to
+	// the microsecond.
+	P50S  float64 `json:"p50_s"`
+	P90S  float64 `json:"p90_s"`
+	P99S  float64 `json:"p99_s"`
+	MaxS  float64 `json:"max_s"`
+	MeanS float64 `json:"mean_s"`
+	// Histogram holds the durations every figure above comes from; it
+	// merges exactly across shards.
+	Histogram *Histogram `json:"histogram"`
+}
+
+// newDurationSummary returns the summary of h.
+func newDurationSummary(h *Histogram) DurationSummary {
+	s := DurationSummary{Histogram: h}
+	s.fillStats()
+	return s
+}
+
+// fillStats derives the count and the figures from the histogram.
+func (s *DurationSummary) fillStats() {
+	h := s.Histogram
+	if h == nil {
+		h = &Histogram{}
+		s.Histogram = h
+	}
+	s.Count = h.Count()
+	s.P50S, s.P90S, s.P99S = secs(h.Quantile(0.5)), secs(h.Quantile(0.9)), secs(h.Quantile(0.99))
+	s.MaxS, s.MeanS = secs(h.Max()), secs(h.Mean())
+}
+
+// secs converts d to seconds rounded to the microsecond.
+func secs(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e6 }
+
+// fillStats derives the duration figures and ArtifactBytesPerDevice.
+func (d *Deployments) fillStats() {
+	d.DownloadSeconds.fillStats()
+	d.InstallSeconds.fillStats()
+	d.ArtifactBytesPerDevice = 0
+	if n := d.DownloadSeconds.Count; n > 0 {
+		d.ArtifactBytesPerDevice = (d.CompletedDownloadBytes + n/2) / n
+	}
 }
 
 // OpReport is the statistics of one operation.
@@ -242,6 +309,18 @@ func ReadReport(path string) (*Report, error) {
 				path, name, o.Count, o.Histogram.Count())
 		}
 	}
+	for _, s := range []struct {
+		name string
+		sum  *DurationSummary
+	}{{"download_seconds", &r.Deployments.DownloadSeconds}, {"install_seconds", &r.Deployments.InstallSeconds}} {
+		if s.sum.Histogram == nil {
+			s.sum.Histogram = &Histogram{} // a report from before these fields
+		}
+		if s.sum.Histogram.Count() != s.sum.Count {
+			return nil, fmt.Errorf("report %s: deployments.%s: count %d but its histogram holds %d: the file was edited or truncated",
+				path, s.name, s.sum.Count, s.sum.Histogram.Count())
+		}
+	}
 	return &r, nil
 }
 
@@ -309,6 +388,14 @@ func Merge(reports ...*Report) (*Report, error) {
 		d.Aborted += r.Deployments.Aborted
 		d.Incomplete += r.Deployments.Incomplete
 		d.DownloadedBytes += r.Deployments.DownloadedBytes
+		d.CompletedDownloadBytes += r.Deployments.CompletedDownloadBytes
+		for _, pair := range [][2]*DurationSummary{{&d.DownloadSeconds, &r.Deployments.DownloadSeconds},
+			{&d.InstallSeconds, &r.Deployments.InstallSeconds}} {
+			if pair[0].Histogram == nil {
+				pair[0].Histogram = &Histogram{}
+			}
+			pair[0].Histogram.Merge(pair[1].Histogram)
+		}
 		for name, o := range r.Operations {
 			m := out.Operations[name]
 			if m == nil {
@@ -332,6 +419,7 @@ func Merge(reports ...*Report) (*Report, error) {
 	for _, o := range out.Operations {
 		o.fillStats()
 	}
+	out.Deployments.fillStats()
 	out.DurationS = out.Ended.Sub(out.Started).Seconds()
 	out.Memory.PerDeviceKiB = perDeviceKiB(out.Memory, out.Devices)
 	tl, err := mergeTimelines(reports, slices.Max(steps))
@@ -430,6 +518,12 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	if why := d.failureReasons(); why != "" {
 		fmt.Fprintf(&b, "             %s\n", why)
 	}
+	if s := d.DownloadSeconds; s.Count > 0 {
+		fmt.Fprintf(&b, "  download   %s; %d artifact bytes per device\n", s.line(), d.ArtifactBytesPerDevice)
+	}
+	if s := d.InstallSeconds; s.Count > 0 {
+		fmt.Fprintf(&b, "  install    %s\n", s.line())
+	}
 	b.WriteString("\n")
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
@@ -456,9 +550,26 @@ func (d Deployments) failureReasons() string {
 			d.FailedOnPurpose, percent(d.FailRate)))
 	}
 	if other > 0 {
-		parts = append(parts, fmt.Sprintf("%d failed on a wrong artifact length or checksum (see the deployment logs)", other))
+		parts = append(parts, fmt.Sprintf("%d failed an artifact check: length, checksum, format, device type or name (see the deployment logs)", other))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// line writes the summary as "N devices: p50 …, p90 …, p99 …, max …".
+func (s DurationSummary) line() string {
+	return fmt.Sprintf("%d devices: p50 %s, p90 %s, p99 %s, max %s", s.Count, seconds(s.P50S), seconds(s.P90S), seconds(s.P99S), seconds(s.MaxS))
+}
+
+// seconds writes a time in seconds: to the millisecond below 10 s, to
+// 10 ms below 100 s, to 100 ms above (0.042s, 12.50s, 731.2s).
+func seconds(v float64) string {
+	switch {
+	case v < 10:
+		return strconv.FormatFloat(v, 'f', 3, 64) + "s"
+	case v < 100:
+		return strconv.FormatFloat(v, 'f', 2, 64) + "s"
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + "s"
 }
 
 // percent writes a fraction as a percentage without needless decimals.

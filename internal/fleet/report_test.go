@@ -84,6 +84,7 @@ func TestClassify(t *testing.T) {
 		{op: client.OpNext, err: errTimeout, wantKind: KindTimeout},
 		{op: client.OpNext, err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}, wantKind: KindConnection},
 		{op: client.OpNext, err: fmt.Errorf("x: %w", context.Canceled), wantCanceled: true},
+		{op: client.OpDownload, status: 200, err: fmt.Errorf("download: write: %w", errArtifactRejected)},
 		{op: "custom", status: 201},
 	}
 	for _, tt := range tests {
@@ -227,6 +228,11 @@ func knownReport(t *testing.T, n int, shard Shard, first int, lat []time.Duratio
 		clock.set(time.Duration(i+1) * time.Second)
 		d.observe(ev(client.OpAuth, 200, nil, lat[i%len(lat)]))
 		f.col.sample()
+		// Every device downloads a 1000-byte artifact in i+1 s and
+		// installs it in 2 s.
+		f.col.depDownload.record(time.Duration(i+1) * time.Second)
+		f.col.depCompletedBytes.Add(1000)
+		f.col.depInstall.record(2 * time.Second)
 	}
 	f.devices[0].observe(ev(client.OpNext, 503, nil, time.Millisecond))
 	return f.report(clock.now())
@@ -252,6 +258,20 @@ func TestMergeShardReports(t *testing.T) {
 	assert.Equal(t, 10.0, m.Operations[client.OpAuth].P99Ms)
 	assert.Equal(t, map[string]uint64{"http_503": 2}, m.Operations[client.OpNext].ErrorsByKind)
 	assert.Equal(t, []int{2, 4, 6, 7, 8}, m.Timeline.Accepted, "aligned on each shard's start; a finished shard keeps its last count")
+
+	dl := m.Deployments.DownloadSeconds
+	want = Histogram{}
+	want.Merge(a.Deployments.DownloadSeconds.Histogram)
+	want.Merge(b.Deployments.DownloadSeconds.Histogram)
+	assert.Equal(t, want, *dl.Histogram, "download times merge exactly")
+	assert.Equal(t, uint64(8), dl.Count)
+	assert.Equal(t, 5.0, dl.MaxS, "the slowest download of both shards")
+	assert.InEpsilon(t, 2.0, dl.P50S, HistogramRelativeError, "1, 1, 2, 2, 3, 3, 4, 5 s")
+	assert.Equal(t, (6.0+15.0)/8, dl.MeanS)
+	assert.Equal(t, uint64(8), m.Deployments.InstallSeconds.Count)
+	assert.Equal(t, 2.0, m.Deployments.InstallSeconds.P99S)
+	assert.Equal(t, uint64(8000), m.Deployments.CompletedDownloadBytes)
+	assert.Equal(t, uint64(1000), m.Deployments.ArtifactBytesPerDevice)
 
 	_, err = Merge(a, a)
 	assert.ErrorIs(t, err, ErrIncompatible, "the same shard twice")
@@ -291,6 +311,8 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	back, err := ReadReport(path)
 	require.NoError(t, err)
 	assert.Equal(t, r.Operations, back.Operations)
+	assert.Equal(t, r.Deployments, back.Deployments)
+	assert.Equal(t, uint64(3), back.Deployments.InstallSeconds.Count)
 	assert.Equal(t, r.Timeline, back.Timeline)
 	assert.Equal(t, r.Devices, back.Devices)
 	assert.True(t, r.Started.Equal(back.Started))
@@ -298,20 +320,22 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	raw, err := os.ReadFile(path)
 	require.NoError(t, err)
 	for _, field := range []string{`"devices": 3`, `"accepted": 3`, `"errors_total": 1`, `"time_to_all_accepted_s": 3`,
-		`"count"`, `"errors"`, `"p50_ms"`, `"p99_ms"`} {
+		`"count"`, `"errors"`, `"p50_ms"`, `"p99_ms"`, `"downloaded_bytes"`, `"download_seconds"`, `"install_seconds"`,
+		`"p50_s": 2`, `"artifact_bytes_per_device": 1000`} {
 		assert.Contains(t, string(raw), field)
 	}
 
 	tests := []struct {
-		name, edit, want string
+		name, edit, repl, want string
 	}{
-		{"version", `"version": 1`, "version"},
-		{"count edited", `"count": 3,`, "histogram holds"},
+		{"version", `"version": 1`, `"version": 7`, "version"},
+		{"operation count edited", "\"auth\": {\n      \"count\": 3,", "\"auth\": {\n      \"count\": 4,", "operation auth: count 4 but its histogram holds 3"},
+		{"install count edited", "\"install_seconds\": {\n      \"count\": 3,", "\"install_seconds\": {\n      \"count\": 2,",
+			"deployments.install_seconds: count 2 but its histogram holds 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			repl := map[string]string{"version": `"version": 7`, "count edited": `"count": 4,`}[tt.name]
-			bad := strings.Replace(string(raw), tt.edit, repl, 1)
+			bad := strings.Replace(string(raw), tt.edit, tt.repl, 1)
 			require.NotEqual(t, string(raw), bad)
 			p := filepath.Join(t.TempDir(), "bad.json")
 			require.NoError(t, os.WriteFile(p, []byte(bad), 0o644))
@@ -321,6 +345,17 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	}
 	_, err = ReadReport(filepath.Join(t.TempDir(), "missing.json"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	// A report written before the deployment times existed still reads.
+	old := filepath.Join(t.TempDir(), "old.json")
+	require.NoError(t, os.WriteFile(old, []byte(`{"version": 1, "deployments": {"started": 2, "downloaded_bytes": 10}}`), 0o644))
+	back, err = ReadReport(old)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(10), back.Deployments.DownloadedBytes)
+	assert.Zero(t, back.Deployments.InstallSeconds.Histogram.Count(), "an empty histogram, ready to merge")
+	m, err := Merge(back, r)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), m.Deployments.DownloadSeconds.Count)
 }
 
 func TestWriteSummaryAndHTML(t *testing.T) {
@@ -331,6 +366,9 @@ func TestWriteSummaryAndHTML(t *testing.T) {
 	assert.Contains(t, sum.String(), "accepted     3/3, all accepted after: 3.0s")
 	assert.Regexp(t, `(?m)^auth\s+3\s+0\s+`, sum.String())
 	assert.Regexp(t, `(?m)^next\s+1\s+1\s+.*http_503:1`, sum.String())
+	// p50 of 1, 2 and 3 s is its bucket's middle, within 2.2 % of 2 s.
+	assert.Contains(t, sum.String(), "  download   3 devices: p50 1.965s, p90 3.000s, p99 3.000s, max 3.000s; 1000 artifact bytes per device\n")
+	assert.Contains(t, sum.String(), "  install    3 devices: p50 2.000s, p90 2.000s, p99 2.000s, max 2.000s\n")
 
 	var page bytes.Buffer
 	require.NoError(t, r.WriteHTML(&page))
@@ -343,12 +381,18 @@ func TestWriteSummaryAndHTML(t *testing.T) {
 	assert.NotContains(t, html, "src=", "nothing is loaded from elsewhere")
 	assert.NotContains(t, html, "<link")
 	assert.Equal(t, strings.Count(html, "http://www.w3.org/2000/svg"), strings.Count(html, "http://"), "the only URLs are SVG namespaces")
+	assert.Contains(t, html, "<tr><td>Deployment downloads</td><td>3 devices: p50 1.965s, p90 3.000s, p99 3.000s, max 3.000s; 1000 artifact bytes per device</td></tr>")
+	assert.Contains(t, html, "<tr><td>Deployment installs</td><td>3 devices: p50 2.000s, p90 2.000s, p99 2.000s, max 2.000s</td></tr>")
 
 	empty := &Report{Version: ReportVersion, Operations: newOpReports()}
 	page.Reset()
 	require.NoError(t, empty.WriteHTML(&page))
 	assert.Contains(t, page.String(), "no samples")
 	assert.Contains(t, page.String(), "no requests")
+	assert.NotContains(t, page.String(), "Deployment downloads", "no row without a completed download")
+	sum.Reset()
+	require.NoError(t, empty.WriteSummary(&sum), "a report without deployments")
+	assert.NotContains(t, sum.String(), "  download ")
 }
 
 func TestWriteMetrics(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mender-mtls/mtls-agent/internal/fakemender"
 	"github.com/mender-mtls/mtls-agent/internal/fleet"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
@@ -188,4 +189,71 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: want a non-negative integer", name, v)
 	}
 	return n
+}
+
+// BenchmarkFleetDeployment measures a deployment of a real single-file
+// Mender Artifact (a 1 MiB random payload, gzip-compressed by the fake
+// backend's writer, so about 1 MiB on the wire) to 500 accepted devices
+// through the ambassador: the time until every device reported success,
+// the artifact bytes per second the servers delivered, and per device the
+// download and install times (from the fleet report). The devices read
+// each artifact as a Mender client does (manifest and payload checksums,
+// device type, name) while it arrives. FLEET_BENCH_DEPLOY_DEVICES and
+// FLEET_BENCH_DEPLOY_KIB override fleet and payload size.
+func BenchmarkFleetDeployment(b *testing.B) {
+	n := envInt(b, "FLEET_BENCH_DEPLOY_DEVICES", 500)
+	kib := envInt(b, "FLEET_BENCH_DEPLOY_KIB", 1024)
+	dir := benchPKI(b)
+	for range b.N {
+		b.StopTimer()
+		srv, err := startServers(dir, false) // in-process: the test reads the backend's deployment
+		if err != nil {
+			b.Fatal(err)
+		}
+		creds, roots := loadCreds(b, dir, n)
+		fl, err := fleet.New(fleet.Options{ServerURL: srv.url, RootCAs: roots, Credentials: creds,
+			PollInterval: 200 * time.Millisecond, InventoryInterval: time.Hour, RetryInterval: 2 * time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop := startFleet(b, fl)
+		waitFor(b, 2*time.Minute, "every device accepted", func() bool { return fl.Progress().Accepted == n })
+		b.StartTimer()
+		start := time.Now()
+		depID, err := srv.backend.AddDeployment(fakemender.DeploymentSpec{ArtifactName: "bench-release",
+			DeviceTypes: []string{fleet.DefaultDeviceType}, Size: int64(kib) << 10})
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitFor(b, 5*time.Minute, "every device reported success", func() bool {
+			return deploymentSuccesses(srv.backend, depID) == n
+		})
+		elapsed := time.Since(start)
+		b.StopTimer()
+		r := stop()
+		srv.close()
+		d := r.Deployments
+		if d.Failed+d.Incomplete+d.Aborted > 0 {
+			b.Fatalf("deployment: %d failed, %d incomplete, %d aborted", d.Failed, d.Incomplete, d.Aborted)
+		}
+		b.ReportMetric(elapsed.Seconds(), "s-all-succeeded")
+		b.ReportMetric(float64(d.CompletedDownloadBytes)/elapsed.Seconds()/(1<<20), "MiB/s")
+		b.ReportMetric(float64(d.ArtifactBytesPerDevice), "artifact-B")
+		b.ReportMetric(d.DownloadSeconds.P99S*1000, "download-p99-ms")
+		b.ReportMetric(d.InstallSeconds.P50S*1000, "install-p50-ms")
+		b.Logf("%d devices, artifact %d bytes: all succeeded after %v; %d bytes downloaded (retries included); download p50 %.0f ms p99 %.0f ms; install p50 %.0f ms p99 %.0f ms",
+			n, d.ArtifactBytesPerDevice, elapsed, d.DownloadedBytes, d.DownloadSeconds.P50S*1000, d.DownloadSeconds.P99S*1000,
+			d.InstallSeconds.P50S*1000, d.InstallSeconds.P99S*1000)
+	}
+}
+
+// deploymentSuccesses counts the devices that reported success in the
+// deployment.
+func deploymentSuccesses(s *fakemender.Server, depID string) int {
+	for _, d := range s.Deployments() {
+		if d.ID == depID {
+			return d.Statistics.Status["success"]
+		}
+	}
+	return 0
 }

@@ -151,6 +151,7 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 			asrv.Close()
 			bsrv.Close()
 			cancel()
+			_ = backend.Close() // removes the artifacts a deployment made
 		}}, nil
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mender-mtls/mtls-agent/internal/artifact"
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
@@ -217,6 +220,72 @@ func TestFakeControlsAsDocumented(t *testing.T) {
 			assert.Equal(t, http.StatusBadRequest, r.status, tt.body)
 			assert.Contains(t, fcError(t, r), tt.want, tt.body)
 		}
+	})
+
+	t.Run("artifacts and deployments", func(t *testing.T) {
+		// Upload a real artifact as a multipart form, as curl -F does.
+		var art bytes.Buffer
+		require.NoError(t, artifact.Write(&art, artifact.WriteOptions{
+			Name: "release-3", DeviceTypes: []string{"raspberrypi4"}, Type: "single-file",
+			Files: []artifact.InputFile{artifact.FileFromBytes("hello.txt", []byte("hello\n"))},
+		}))
+		var form bytes.Buffer
+		mw := multipart.NewWriter(&form)
+		require.NoError(t, mw.WriteField("description", "first try"))
+		fw, err := mw.CreateFormFile("artifact", "release-3.mender")
+		require.NoError(t, err)
+		_, err = fw.Write(art.Bytes())
+		require.NoError(t, err)
+		require.NoError(t, mw.Close())
+		bearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }
+		r := fc.do(t, http.MethodPost, "/api/management/v1/deployments/artifacts", form.String(), mw.FormDataContentType(), bearer)
+		require.Equal(t, http.StatusCreated, r.status, r.body)
+		artID := strings.TrimPrefix(r.header.Get("Location"), "/api/management/v1/deployments/artifacts/")
+		require.Len(t, artID, 36, "Location: %q", r.header.Get("Location"))
+
+		r = fc.mgmt(t, token, http.MethodGet, "/api/management/v1/deployments/artifacts/list?per_page=10", "")
+		require.Equal(t, http.StatusOK, r.status, r.body)
+		var arts []struct{ ID, Name, Description string }
+		require.NoError(t, json.Unmarshal([]byte(r.body), &arts), r.body)
+		assert.Equal(t, "2", r.header.Get("X-Total-Count"), "release-2 from the fake control and release-3")
+		require.Len(t, arts, 2)
+		assert.Contains(t, arts, struct{ ID, Name, Description string }{artID, "release-3", "first try"})
+
+		r = fc.mgmt(t, token, http.MethodPost, "/api/management/v1/deployments/deployments",
+			`{"name":"try release-3","artifact_name":"release-3","all_devices":true}`)
+		require.Equal(t, http.StatusCreated, r.status, r.body)
+		depID := strings.TrimPrefix(r.header.Get("Location"), "/api/management/v1/deployments/deployments/")
+		require.Len(t, depID, 36, "Location: %q", r.header.Get("Location"))
+
+		// The device gets the artifact and downloads it through the signed link.
+		r = fc.do(t, http.MethodGet, menderapi.PathNextV1+"?artifact_name=release-1&device_type=raspberrypi4", "", "", dev.bearer)
+		require.Equal(t, http.StatusOK, r.status, r.body)
+		var instr menderapi.DeploymentInstructions
+		require.NoError(t, json.Unmarshal([]byte(r.body), &instr), r.body)
+		assert.Equal(t, depID, instr.ID)
+		assert.Equal(t, artID, instr.Artifact.ID)
+		require.True(t, strings.HasPrefix(instr.Artifact.Source.URI, fc.url+"/api/devices/v1/deployments/download/"+artID+"?"), instr.Artifact.Source.URI)
+		r = fc.do(t, http.MethodGet, strings.TrimPrefix(instr.Artifact.Source.URI, fc.url), "", "", nil)
+		require.Equal(t, http.StatusOK, r.status)
+		assert.Equal(t, art.String(), r.body, "the stored artifact, byte for byte")
+
+		r = fc.mgmt(t, token, http.MethodGet, "/api/management/v1/deployments/deployments?status=inprogress", "")
+		require.Equal(t, http.StatusOK, r.status, r.body)
+		var deps []struct{ ID, Name, Status string }
+		require.NoError(t, json.Unmarshal([]byte(r.body), &deps), r.body)
+		assert.Equal(t, []struct{ ID, Name, Status string }{{depID, "try release-3", "inprogress"}}, deps)
+
+		r = fc.do(t, http.MethodPut, menderapi.DeploymentStatusPath(depID), `{"status":"success"}`, menderapi.ContentTypeJSON, dev.bearer)
+		require.Equal(t, http.StatusNoContent, r.status, r.body)
+		r = fc.mgmt(t, token, http.MethodGet, "/api/management/v1/deployments/deployments/"+depID+"/statistics", "")
+		require.Equal(t, http.StatusOK, r.status, r.body)
+		var stats map[string]int
+		require.NoError(t, json.Unmarshal([]byte(r.body), &stats), r.body)
+		assert.Equal(t, 1, stats["success"])
+		assert.Equal(t, 0, stats["pending"])
+		r = fc.mgmt(t, token, http.MethodGet, "/api/management/v1/deployments/deployments/"+depID, "")
+		require.Equal(t, http.StatusOK, r.status, r.body)
+		assert.Contains(t, r.body, `"status":"finished"`)
 	})
 
 	t.Run("auth outcomes, preauthorize, decommission", func(t *testing.T) {
