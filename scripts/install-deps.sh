@@ -3,7 +3,9 @@
 # (qemu-user-static for the ARM smoke test, openssl for the mTLS-guide test,
 # swtpm for the TPM tests, gcc and libssl-dev for cgo: -race and the TPM
 # simulator, systemd for systemd-analyze, which rates the hardening of
-# support/device-agent.service). Already-present tools are left alone, so a
+# support/device-agent.service, and the real Mender tools the end-to-end tests
+# run: mender-artifact, mender-cli, mender-client and the libraries of Mender's
+# C++ client in ../shared/peers). Already-present tools are left alone, so a
 # second run costs nothing and needs no network.
 set -euo pipefail
 
@@ -20,6 +22,27 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # mender-artifact (3.9) for the internal/artifact interop tests.
 command -v mender-artifact >/dev/null 2>&1 || need+=(mender-artifact)
+# mender-cli (1.9) and Mender's Go client 3.4 (`mender`) for test/e2e/realtools*.
+command -v mender-cli >/dev/null 2>&1 || need+=(mender-cli)
+command -v mender >/dev/null 2>&1 || need+=(mender-client)
+# The shared libraries of Mender's C++ 5.1.0 client (../shared/peers/mender-5.1.0,
+# `ldd bin/mender-update`), by soname, with the Debian 12 package of each.
+libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
+while read -r soname pkg; do
+	grep -qF "	$soname " <<<"$libs" || need+=("$pkg")
+done <<'EOF'
+liblmdb.so.0 liblmdb0
+libarchive.so.13 libarchive13
+libboost_log.so.1.74.0 libboost-log1.74.0
+libboost_thread.so.1.74.0 libboost-thread1.74.0
+libboost_filesystem.so.1.74.0 libboost-filesystem1.74.0
+libdbus-1.so.3 libdbus-1-3
+libssl.so.3 libssl3
+libsystemd.so.0 libsystemd0
+libzstd.so.1 libzstd1
+liblz4.so.1 liblz4-1
+libgcrypt.so.20 libgcrypt20
+EOF
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: everything present"
