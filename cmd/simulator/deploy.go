@@ -1085,10 +1085,53 @@ func (fw *follower) logTail(ctx context.Context, dev string) []string {
 			lines = append(lines, l)
 		}
 	}
-	if len(lines) > deployLogTail {
-		lines = lines[len(lines)-deployLogTail:]
+	return logExcerpt(lines, deployLogTail)
+}
+
+// logExcerpt picks what to print of a failed device's log lines
+// ("TIME LEVEL: MESSAGE"): the last n lines, and before them the last n
+// lines at level error or fatal, since a client's last lines are often
+// its clean-up while the reason came earlier. Lines keep their order and
+// "…" marks a gap.
+func logExcerpt(lines []string, n int) []string {
+	keep := make([]bool, len(lines))
+	for i := max(0, len(lines)-n); i < len(lines); i++ {
+		keep[i] = true
 	}
-	return lines
+	for i, errs := len(lines)-1, 0; i >= 0 && errs < n; i-- {
+		if isErrorLogLine(lines[i]) {
+			keep[i] = true
+			errs++
+		}
+	}
+	var out []string
+	gap := false
+	for i, l := range lines {
+		if !keep[i] {
+			gap = true
+			continue
+		}
+		if gap {
+			out = append(out, "…")
+			gap = false
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// isErrorLogLine reports whether a "TIME LEVEL: MESSAGE" log line has level
+// error or fatal (any case, colon optional).
+func isErrorLogLine(l string) bool {
+	f := strings.Fields(l)
+	if len(f) < 3 {
+		return false
+	}
+	switch strings.ToLower(strings.TrimSuffix(f[1], ":")) {
+	case "error", "fatal", "panic":
+		return true
+	}
+	return false
 }
 
 // printDeployTable prints every device with its status and duration, then
@@ -1121,7 +1164,11 @@ func printDeployTable(w io.Writer, fw *follower, failed []string, logs map[strin
 		if !ok {
 			continue
 		}
-		fmt.Fprintf(w, "\nlog of %s (last %d lines):\n", id, len(lines))
+		if slices.Contains(lines, "…") {
+			fmt.Fprintf(w, "\nlog of %s (its last %d lines, and its error lines before them):\n", id, deployLogTail)
+		} else {
+			fmt.Fprintf(w, "\nlog of %s (%d lines):\n", id, len(lines))
+		}
 		for _, l := range lines {
 			fmt.Fprintf(w, "    %s\n", l)
 		}

@@ -324,7 +324,7 @@ func TestDeployContractFollowsToFailure(t *testing.T) {
 		"dev-ok pending -> downloading\n", "dev-ok downloading -> installing\n", "dev-ok rebooting -> success\n",
 		"dev-bad pending -> downloading\n", "dev-bad installing -> failure\n",
 		"deployment dep-1: finished, 2/2 devices finished (100%): success 1, failure 1",
-		"log of dev-bad (last 10 lines):", "    2026-03-01T12:00:15Z error install: exit status 1",
+		"log of dev-bad (its last 10 lines, and its error lines before them):", "    2026-03-01T12:00:15Z error install: exit status 1",
 	} {
 		assert.Contains(t, stdout, want)
 	}
@@ -867,7 +867,7 @@ func TestDeployAgainstFakeBackend(t *testing.T) {
 		ok.id + " pending -> downloading\n", ok.id + " installing -> rebooting\n", ok.id + " rebooting -> success\n",
 		bad.id + " downloading -> installing\n", bad.id + " installing -> failure\n",
 		"deployment " + depID + ": finished, 2/2 devices finished (100%): success 1, failure 1",
-		"log of " + bad.id + " (last 3 lines):", "install: disk full", "rolling back",
+		"log of " + bad.id + " (3 lines):", "install: disk full", "rolling back",
 	} {
 		assert.Contains(t, stdout, want)
 	}
@@ -902,4 +902,29 @@ func TestDeployAgainstFakeBackend(t *testing.T) {
 		"--artifact-name", "app-7", "--all")
 	assert.Equal(t, 1, code)
 	assert.Equal(t, "simulator: login to "+srv.URL+" as "+fakemender.DefaultUser+": wrong user or password\n", stderr)
+}
+
+func TestLogExcerptKeepsErrorLines(t *testing.T) {
+	var lines []string
+	for i := range 30 {
+		level := "debug"
+		switch i {
+		case 3:
+			level = "error"
+		case 5:
+			level = "FATAL"
+		}
+		lines = append(lines, fmt.Sprintf("2026-12-02T05:00:%02dZ %s: line %d", i, level, i))
+	}
+	got := logExcerpt(lines, 4)
+	want := []string{"…", lines[3], "…", lines[5], "…", lines[26], lines[27], lines[28], lines[29]}
+	assert.Equal(t, want, got)
+	// A short log is printed whole, with no markers.
+	assert.Equal(t, lines[:3], logExcerpt(lines[:3], 4))
+	// Only the last n error lines are kept.
+	errs := []string{"t error: a", "t error: b", "t error: c", "t info: d"}
+	assert.Equal(t, []string{"…", "t error: b", "t error: c", "t info: d"}, logExcerpt(errs, 2))
+	assert.False(t, isErrorLogLine("no-level-here"))
+	assert.True(t, isErrorLogLine("2026-03-01T12:00:15Z error install: exit status 1"))
+	assert.False(t, isErrorLogLine("t info: error: inside the message"))
 }
