@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 )
 
@@ -55,10 +54,33 @@ func defaultText(f *flag.Flag) string {
 	return f.DefValue
 }
 
-// flagRefRE finds flag names as the flag package writes them in errors
-// ("-name").
-var flagRefRE = regexp.MustCompile(`(^|[\s:])-([a-zA-Z][a-zA-Z0-9-]*)`)
-
 // Error returns a flag package parse error with its flag names spelled
-// --name, as the help spells them.
-func Error(err error) string { return flagRefRE.ReplaceAllString(err.Error(), "$1--$2") }
+// --name, as the help spells them: a "-" that starts the text or follows a
+// space or colon and is followed by a letter gets a second "-". (A plain
+// scan rather than a regexp keeps package regexp, about 100 kB, out of the
+// agent binary.)
+func Error(err error) string {
+	msg := err.Error()
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		b.WriteByte(c)
+		if c != '-' || i+1 >= len(msg) || !isLetter(msg[i+1]) {
+			continue
+		}
+		if i == 0 || msg[i-1] == ':' || isSpace(msg[i-1]) {
+			b.WriteByte('-')
+		}
+	}
+	return b.String()
+}
+
+func isLetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+
+func isSpace(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '\r', '\v', '\f':
+		return true
+	}
+	return false
+}

@@ -53,4 +53,6 @@ func TestError(t *testing.T) {
 	require.Error(t, err)
 	assert.True(t, strings.HasPrefix(Error(err), `invalid value "x" for flag --count:`), Error(err))
 	assert.Equal(t, "a-b c", Error(errors.New("a-b c")), "a hyphen inside a word is not a flag")
+	assert.Equal(t, "--x: --y, --9 -", Error(errors.New("-x: -y, --9 -")), "after start, colon and space; not before a digit or at the end")
+	assert.Equal(t, "a:--b\t--c", Error(errors.New("a:-b\t-c")))
 }
