@@ -107,6 +107,10 @@ type Options struct {
 	// LinkLifetime is how long a signed artifact download link is valid;
 	// 0 = DefaultLinkLifetime (24 h).
 	LinkLifetime time.Duration
+	// DeviceConnectPingInterval is how often the server pings the
+	// deviceconnect websockets; a peer that does not answer within the
+	// interval is disconnected. 0 = DefaultDeviceConnectPingInterval (30 s).
+	DeviceConnectPingInterval time.Duration
 	// Now is the clock for token times and timestamps; nil = time.Now.
 	Now func() time.Time
 	// Logger receives request and auth logs; nil = discard. Tokens and keys
@@ -136,6 +140,9 @@ type Server struct {
 	artifactBaseURL string
 	table           []route // immutable after ensure
 
+	// dc holds the deviceconnect websockets and sessions.
+	dc deviceConnect
+
 	// dirMu guards the artifact directory fields.
 	dirMu      sync.Mutex
 	artDir     string // "" until first needed
@@ -158,6 +165,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.LinkLifetime < 0 {
 		return nil, fmt.Errorf("fakemender options: LinkLifetime %v: %w: want 0 (24 h) or positive", opts.LinkLifetime, ErrInvalid)
+	}
+	if opts.DeviceConnectPingInterval < 0 {
+		return nil, fmt.Errorf("fakemender options: DeviceConnectPingInterval %v: %w: want 0 (30 s) or positive", opts.DeviceConnectPingInterval, ErrInvalid)
 	}
 	if opts.TokenLifetime < 0 {
 		return nil, fmt.Errorf("fakemender options: TokenLifetime %v: %w: want 0 (7 days) or positive", opts.TokenLifetime, ErrInvalid)
@@ -320,6 +330,9 @@ func (s *Server) routes() []route {
 		{RouteMgmt, authMgmt, split(pathMgmtDeployments + "{id}/devices/{devid}/log"), methods{"GET": s.handleMgmtDeviceLog}, false},
 		{RouteMgmt, authMgmt, split(strings.TrimSuffix(menderapi.PathInventoryMgmtPrefix, "/")), methods{"GET": s.handleInventoryList}, false},
 		{RouteMgmt, authMgmt, split(menderapi.PathInventoryMgmtPrefix + "{id}/group"), methods{"PUT": s.handleSetGroup}, false},
+		{RouteDeviceConnect, authDevice, split(pathDeviceConnect), methods{"GET": s.handleDeviceConnect}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeviceConnect + "{id}"), methods{"GET": s.handleDeviceConnectStatus}, false},
+		{RouteMgmt, authMgmt, split(pathMgmtDeviceConnect + "{id}/connect"), methods{"GET": s.handleMgmtDeviceConnect}, false},
 	}
 }
 
