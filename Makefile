@@ -11,12 +11,13 @@ BUILDFLAGS  = -trimpath -ldflags "$(LDFLAGS)" $(call tagsflag,$(TAGS))
 # The agent speaks HTTP/1.1 only, as Mender's clients do: every agent build
 # drops net/http's bundled HTTP/2 (about 0.4 MB on armv7), plus TAGS.
 AGENT_TAGS  = nethttpomithttp2 $(TAGS)
-# The agent is also built without inlining, except in the packages where
-# speed matters (crypto, math/big, the runtime): on armv7 that takes the
-# stripped agent from 7.21 to 6.68 MB (budget 7.0 MB) while TLS handshakes
-# and signatures keep their speed. The agent polls every few minutes; the
-# rest of its code is not hot.
-AGENT_GCFLAGS = -gcflags=all=-l -gcflags=crypto/...= -gcflags=math/big= -gcflags=runtime=
+# The agent is also built without inlining, crypto and the runtime
+# included: with the D-Bus role and serial provisioning in it, inlining
+# costs 328 KB of the stripped armv7 agent (7.93 -> 7.60 MB; 262 KB of it in
+# crypto). The price is slower crypto (on amd64, ECDSA P-256 sign 38 -> 67
+# us, verify 68 -> 91 us, `go test -bench crypto/ecdsa`), paid once per TLS
+# handshake or auth request: a few per poll interval of minutes.
+AGENT_GCFLAGS = -gcflags=all=-l
 AGENTFLAGS  = -trimpath -ldflags "$(LDFLAGS)" $(AGENT_GCFLAGS) $(call tagsflag,$(AGENT_TAGS))
 # tagsflag turns a space- or comma-separated tag list into one -tags flag.
 comma := ,
@@ -28,6 +29,7 @@ prefix          ?= /usr
 bindir          ?= $(prefix)/bin
 sysconfdir      ?= /etc
 systemd_unitdir ?= /lib/systemd
+datadir         ?= $(prefix)/share
 DESTDIR         ?=
 
 # Fuzz budget per target in `make test` (the seed corpora always run in
@@ -43,8 +45,8 @@ Q := @
 endif
 
 .PHONY: all build build-agent build-simulator cross build-armv6 build-armv7 build-arm64 \
-	test deps vet unit e2e armtest fuzz-short bench run lint check \
-	install-bin install-systemd install-conf uninstall clean
+	test deps vet unit e2e armtest fuzz-short yocto yocto-pins yocto-check bench run lint check \
+	install-bin install-systemd install-conf install-mender-auth uninstall clean
 
 all: build
 
@@ -68,7 +70,7 @@ build-arm64:
 	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(AGENTFLAGS) -o $(BIN)/linux_arm64/device-agent ./cmd/device-agent
 
 # test: everything CI runs. Installs what is missing first.
-test: deps vet unit e2e armtest fuzz-short
+test: deps vet unit e2e armtest fuzz-short yocto
 
 deps:
 	$(Q)./scripts/install-deps.sh
@@ -100,7 +102,8 @@ FUZZ_TARGETS := internal/menderapi:FuzzAuthRequest internal/config:FuzzConfigLoa
 	internal/ambassador:FuzzIdentityPolicy internal/ambassador:FuzzPubKeyPEM \
 	internal/pki:FuzzParsePrivateKeyPEM internal/keystore:FuzzKeyRef internal/keystore:FuzzTPMHandleRef \
 	internal/keystore:FuzzTPMResponse internal/fleet:FuzzHistogramJSON internal/fleet:FuzzParseFlags \
-	internal/client:FuzzTokenExpiry internal/artifact:FuzzRead
+	internal/client:FuzzTokenExpiry internal/artifact:FuzzRead \
+	internal/provision:FuzzFrameRoundTrip internal/provision:FuzzFrameDecode internal/provision:FuzzLiteDecode
 
 # Every fuzz target for FUZZTIME executions each.
 fuzz-short:
@@ -109,6 +112,23 @@ fuzz-short:
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg >/tmp/fuzz-$$$$.log 2>&1 || { cat /tmp/fuzz-$$$$.log; echo "fuzz $$pkg $$fn failed"; exit 1; }; \
 		echo "fuzz-short: $$pkg $$fn ok"; \
 	done
+
+# The Yocto layer yocto/meta-mtls: static checks, the Go module pins in sync
+# with go.mod, and the real bitbake parser (scarthgap, wrynose, and
+# scarthgap with meta-mender on a Raspberry Pi 4) over the snapshots in
+# ../shared/yocto or $$YOCTO_SNAPSHOTS. About 5 minutes cold, 1 warm.
+yocto:
+	$(Q)$(GO) test -count=1 -timeout 30m ./test/yocto/...
+
+# Rewrites the recipe's Go module pins (device-agent-go-mods*.inc,
+# device-agent-licenses.inc) after go.mod changes.
+yocto-pins:
+	$(Q)$(GO) run ./scripts/yocto-pins
+
+# yocto-check-layer over yocto/meta-mtls on scarthgap: about 18 minutes on
+# 2 cores, so not part of `make test`.
+yocto-check:
+	$(Q)YOCTO_CHECK_LAYER=1 $(GO) test -count=1 -timeout 45m -v -run 'TestYoctoCheckLayer' ./test/yocto/...
 
 # Benchmarks as a table, with the agent's footprint (stripped size per
 # board, RSS after a minute of polling) measured on the binaries built here.
@@ -147,11 +167,31 @@ install-conf:
 		install -m 0600 support/mender.conf "$(CONF)" && echo "install-conf: installed $(CONF)"; \
 	fi
 
-# Removes what install-bin and install-systemd installed. mender.conf and
-# the datastore (/var/lib/mender, /data/mender) stay. On a running system,
-# `systemctl disable --now device-agent` first.
+# The agent as Mender 4/5's mender-auth: the mender-auth symlink next to
+# the agent (the agent acts as mender-auth when called by that name),
+# mender-authd.service with ExecStart pointing at $(bindir), and the D-Bus
+# policy and activation files where Mender's own package puts them:
+# $(datadir)/dbus-1/system.d and $(datadir)/dbus-1/system-services. It
+# replaces Mender's mender-auth; install the agent itself with install-bin.
+install-mender-auth:
+	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(systemd_unitdir)/system $(BIN) \
+		$(DESTDIR)$(datadir)/dbus-1/system.d $(DESTDIR)$(datadir)/dbus-1/system-services
+	ln -sfn device-agent $(DESTDIR)$(bindir)/mender-auth
+	sed 's|^ExecStart=/usr/bin/mender-auth |ExecStart=$(bindir)/mender-auth |' support/mender-authd.service >$(BIN)/mender-authd.service
+	install -m 0644 $(BIN)/mender-authd.service $(DESTDIR)$(systemd_unitdir)/system/mender-authd.service
+	sed 's|^Exec=/usr/bin/mender-auth |Exec=$(bindir)/mender-auth |' support/dbus/io.mender.AuthenticationManager.service >$(BIN)/io.mender.AuthenticationManager.service
+	install -m 0644 support/dbus/io.mender.AuthenticationManager.conf $(DESTDIR)$(datadir)/dbus-1/system.d/io.mender.AuthenticationManager.conf
+	install -m 0644 $(BIN)/io.mender.AuthenticationManager.service $(DESTDIR)$(datadir)/dbus-1/system-services/io.mender.AuthenticationManager.service
+
+# Removes what install-bin, install-systemd and install-mender-auth
+# installed. mender.conf and the datastore (/var/lib/mender, /data/mender)
+# stay. On a running system, `systemctl disable --now device-agent
+# mender-authd` first.
 uninstall:
 	rm -f $(DESTDIR)$(bindir)/device-agent $(DESTDIR)$(systemd_unitdir)/system/device-agent.service
+	rm -f $(DESTDIR)$(bindir)/mender-auth $(DESTDIR)$(systemd_unitdir)/system/mender-authd.service \
+		$(DESTDIR)$(datadir)/dbus-1/system.d/io.mender.AuthenticationManager.conf \
+		$(DESTDIR)$(datadir)/dbus-1/system-services/io.mender.AuthenticationManager.service
 	$(Q)echo "uninstall: kept $(CONF) and the datastore (/var/lib/mender, /data/mender)"
 
 clean:

@@ -159,7 +159,9 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 const checkSynopsis = `Check the configuration, the certificate and keys, the identity and the
 device type, then connect to each server (TCP, then the TLS handshake with the
-client certificate) and send an auth request. Every check runs unless it needs
+client certificate) and send an auth request; last, who owns Mender's D-Bus
+name io.mender.AuthenticationManager and the forwarder URL it hands out
+(never a failure: no bus is a warning). Every check runs unless it needs
 one that failed (it is then SKIPped), and each prints one line: PASS, FAIL
 (with the fix) or SKIP, with WARN lines after it. Exit status: 0 when no check
 failed, 1 when one did, 2 for bad flags.`
@@ -178,6 +180,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		c.w = stdout
 	}
 	runChecks(ctx, c, &cf, stderr, getenv, *timeout)
+	dbusCheck(ctx, c, getenv)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetEscapeHTML(false)
@@ -216,6 +219,7 @@ func runChecks(ctx context.Context, c *checker, cf *commonFlags, stderr io.Write
 	cfg := e.cfg
 
 	c.tpm(ctx, cfg, e.log)
+	c.provisioned(cfg)
 
 	// The mTLS certificate and key, then the key that signs auth requests.
 	k := &keys{}

@@ -31,7 +31,12 @@ load, the running one stays and the log says why. One daemon per datastore
 daemon keeps a status file there for 'device-agent status'. Started by
 systemd with Type=notify ($NOTIFY_SOCKET), it reports READY=1 once the first
 authentication was attempted, RELOADING=1/READY=1 around a reload and
-STOPPING=1 at shutdown.`
+STOPPING=1 at shutdown.
+
+With --dbus it also serves Mender's io.mender.Authentication1 on the system
+bus ($DBUS_SYSTEM_BUS_ADDRESS) with a local forwarder as the server URL, as
+Mender 3.x did, so mender-connect and mender-configure use this device's
+token and client certificate.`
 
 // daemon is one running `device-agent daemon`.
 type daemon struct {
@@ -40,6 +45,7 @@ type daemon struct {
 	getenv func(string) string
 	notify *notifier
 	status *statusWriter
+	front  *authFront // nil without --dbus
 
 	log atomic.Pointer[slog.Logger] // of the configuration in use
 	gen atomic.Uint64               // generation of the instance in use
@@ -63,8 +69,18 @@ func cmdDaemon(ctx context.Context, args []string, stderr io.Writer, getenv func
 	d := &daemon{stderr: stderr, getenv: getenv}
 	fs := newFlagSet("daemon", daemonSynopsis, stderr)
 	d.cf.register(fs, getenv)
+	var ff frontFlags
+	fs.BoolVar(&ff.dbus, "dbus", false, "also serve io.mender.Authentication1 on the system bus and the local forwarder, for mender-connect and other Mender add-ons")
+	fs.StringVar(&ff.forwarderAddr, "forwarder-addr", "", "listen `ADDR` of the local forwarder with --dbus; a loopback address (default 127.0.0.1 on a random port)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if ff.forwarderAddr != "" && !ff.dbus {
+		fmt.Fprintln(stderr, "device-agent daemon: --forwarder-addr needs --dbus")
+		return errUsage
+	}
+	if ff.dbus {
+		d.front = &authFront{}
 	}
 	e, err := loadEnv(&d.cf, stderr, getenv)
 	if err != nil {
@@ -85,6 +101,13 @@ func cmdDaemon(ctx context.Context, args []string, stderr io.Writer, getenv func
 	cur, err := d.build(ctx, e, 1)
 	if err != nil {
 		return err
+	}
+	if d.front != nil {
+		if err := d.front.start(ctx, cur.client, ff.options(getenv, e)); err != nil {
+			cur.keys.Close()
+			return errNoFront(err)
+		}
+		defer d.front.close()
 	}
 	d.gen.Store(cur.gen)
 	d.status.configLoaded(e.cfg, loadedAt)
@@ -117,6 +140,9 @@ func (d *daemon) build(ctx context.Context, e *env, gen uint64) (*instance, erro
 		return nil, err
 	}
 	opts.OnState = func(s client.State) { d.onState(gen, s) }
+	if d.front != nil {
+		opts.OnToken = d.front.onToken
+	}
 	c, err := client.New(opts)
 	if err != nil {
 		k.Close()
@@ -191,6 +217,9 @@ func (d *daemon) reload(ctx context.Context, cur *instance) *instance {
 		return cur
 	}
 	cur.stop(log, swapGrace)
+	if d.front != nil {
+		d.front.setClient(next.client)
+	}
 	d.gen.Store(next.gen)
 	d.log.Store(e.log)
 	d.status.setLogger(e.log)

@@ -30,11 +30,19 @@ func TestAgentDependencies(t *testing.T) {
 		"github.com/stretchr/testify/assert",
 		"github.com/google/go-tpm-tools/simulator", // cgo; tests only
 		"github.com/google/go-tpm-tools/client",    // a large module graph the agent does not need
+		"github.com/mender-mtls/mtls-agent/internal/dbusauth/dbustest",
+		"github.com/coder/websocket",           // forwarder tests only: the forwarder splices upgrades itself
+		"github.com/godbus/dbus/v5/introspect", // the service answers Introspect with its own XML
+		"github.com/godbus/dbus/v5/prop",
+		"github.com/fxamacker/cbor/v2", // the station's codec; the agent has internal/provision/cborlite
+		"github.com/x448/float16",
+		"github.com/mender-mtls/mtls-agent/internal/provision/cborfx",
 	}
 	for _, d := range deps {
 		require.NotContains(t, d, "go-tpm-tools", "device-agent must not link go-tpm-tools (%s)", d)
 	}
 	require.Contains(t, deps, "github.com/google/go-tpm/tpm2", "sanity: the agent has its TPM backend")
+	require.Contains(t, deps, "github.com/godbus/dbus/v5", "sanity: the agent serves io.mender.Authentication1")
 	for _, f := range forbidden {
 		require.NotContains(t, deps, f, "device-agent must not link %s", f)
 	}

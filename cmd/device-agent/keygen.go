@@ -105,13 +105,10 @@ func cmdKeygen(ctx context.Context, args []string, stdout, stderr io.Writer, get
 // configuration is fine unless --config was given explicitly.
 func configTPMDevice(fs *flag.FlagSet, cf *commonFlags, getenv func(string) string) (string, error) {
 	explicit := false
-	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" || f.Name == "fallback-config" })
-	cfg, err := config.Load(config.LoadOptions{
-		MainPath:     cf.config,
-		FallbackPath: cf.fallback,
-		DataDir:      getenv("MENDER_DATA_DIR"),
-		DatastoreDir: cf.data,
+	fs.Visit(func(f *flag.Flag) {
+		explicit = explicit || f.Name == "config" || f.Name == "fallback-config" || f.Name == "agent-config"
 	})
+	cfg, err := config.Load(cf.loadOptions(getenv))
 	switch {
 	case err == nil:
 		return cfg.TPMDevice, nil

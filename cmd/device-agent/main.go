@@ -3,8 +3,9 @@
 // requests with that same key, authenticates (through an mTLS ambassador or
 // directly), reports inventory and polls for deployments.
 //
-// Subcommands: daemon, status, check, show-identity, keygen, version. Run
-// `device-agent help` for the flags.
+// Subcommands: daemon, status, check, show-identity, keygen, provision, version and
+// mender-auth (Mender 4/5's mender-auth command line; a symlink named
+// mender-auth selects it too). Run `device-agent help` for the flags.
 package main
 
 import (
@@ -24,13 +25,17 @@ var version = "dev"
 const usage = `device-agent: Mender device agent with mTLS client certificates
 
 Usage:
-  device-agent daemon        [--config FILE] [--fallback-config FILE] [--data DIR] [--log-level L] [--log-format F]
+  device-agent daemon        [--config FILE] [--fallback-config FILE] [--agent-config FILE] [--data DIR] [--log-level L] [--log-format F]
+                             [--dbus [--forwarder-addr ADDR]]
   device-agent status        [--json] [--data DIR] [--config FILE] [--fallback-config FILE]
   device-agent check         [--config FILE] [--fallback-config FILE] [--data DIR] [--timeout D] [--json]
   device-agent show-identity [--config FILE] [--fallback-config FILE] [--data DIR]
   device-agent keygen        --key handle:0x81000100|PATH --cn NAME --csr OUT [--key-type ecdsa-p256|rsa2048]
                              [--force] [--tpm-device DEV] [--config FILE]
+  device-agent provision     --port /dev/ttyS0 [--baud 115200] [--key handle:0x81000100|PATH] [--cert FILE]
+                             [--config FILE] [--timeout D]
   device-agent version
+  device-agent mender-auth   daemon|bootstrap [mender-auth options]   (also as a mender-auth symlink)
 
 Commands:
   daemon         authenticate, send inventory and poll for deployments until SIGINT/SIGTERM;
@@ -43,11 +48,18 @@ Commands:
   show-identity  print the identity attributes this device authenticates with
   keygen         create the device key in the TPM (handle:0x81…) or a file, and write a CSR
                  signed by it for the factory CA (simulator pki sign-csr)
+  provision      factory provisioning over a serial line from simulator station: create the key,
+                 send a CSR, check and store the certificate, set it in mender.conf
   version        print the version, commit, build date, Go version and platform
+  mender-auth    act as Mender 4/5's mender-auth: serve io.mender.Authentication1 on D-Bus and
+                 the local mTLS forwarder for mender-update and mender-connect; run
+                 'device-agent mender-auth --help' for its command line
 
 Environment:
   MENDER_CONF_DIR       directory of mender.conf (default /etc/mender)
   MENDER_DATA_DIR       directory of the identity and inventory scripts (default /usr/share/mender)
+  DBUS_SYSTEM_BUS_ADDRESS  the system bus for daemon --dbus and mender-auth (default
+                        unix:path=/var/run/dbus/system_bus_socket)
   MENDER_DATASTORE_DIR  state directory: generated key, device_type, artifact_name, the daemon's
                         lock and status files (default /var/lib/mender)
   NOTIFY_SOCKET         set by systemd (Type=notify): the daemon reports READY/RELOADING/STOPPING
@@ -60,12 +72,16 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The daemon reloads on SIGHUP (unhandled, it would kill the process);
 	// other commands keep the default action.
+	args := os.Args[1:]
+	if isMenderAuth(os.Args[0]) { // the /usr/bin/mender-auth symlink
+		args = append([]string{menderAuthName}, args...)
+	}
 	var hup chan os.Signal
-	if len(os.Args) > 1 && isDaemonCommand(os.Args[1]) {
+	if len(args) > 0 && isDaemonCommand(args[0]) {
 		hup = make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 	}
-	code := runWith(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, hup)
+	code := runWith(ctx, args, os.Stdout, os.Stderr, os.Getenv, hup)
 	stop()
 	os.Exit(code)
 }
@@ -96,8 +112,12 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		err = cmdCheck(ctx, args[1:], stdout, stderr, getenv)
 	case "keygen":
 		err = cmdKeygen(ctx, args[1:], stdout, stderr, getenv)
+	case "provision":
+		err = cmdProvision(ctx, args[1:], stdout, stderr, getenv)
 	case "show-identity":
 		err = cmdShowIdentity(ctx, args[1:], stdout, stderr, getenv)
+	case menderAuthName:
+		err = cmdMenderAuth(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
 		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "--help", "-h", "-help":
@@ -116,7 +136,7 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
-	case errors.Is(err, errChecksFailed):
+	case errors.Is(err, errChecksFailed), errors.Is(err, errReported):
 		return 1
 	default:
 		printError(stderr, err)

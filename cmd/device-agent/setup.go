@@ -22,6 +22,7 @@ import (
 // commonFlags are the flags every configuration-reading command takes.
 type commonFlags struct {
 	config, fallback, data string
+	agentConfig            string // the agent-only overlay (device-agent.conf)
 	logLevel, logFormat    string
 }
 
@@ -67,11 +68,14 @@ func (c *commonFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.logFormat, "log-format", logFormatText, "log `FORMAT` on stderr: text or json (under systemd, text lines start with the syslog priority and carry no time stamp)")
 }
 
-// registerPaths registers --config, --fallback-config and --data only.
+// registerPaths registers --config, --fallback-config, --agent-config and
+// --data only.
 func (c *commonFlags) registerPaths(fs *flag.FlagSet, getenv func(string) string) {
 	mainPath, fallbackPath := config.DefaultPaths(getenv("MENDER_CONF_DIR"), getenv("MENDER_DATA_DIR"), getenv("MENDER_DATASTORE_DIR"))
 	fs.StringVar(&c.config, "config", mainPath, "main `FILE` (mender.conf); its keys override the fallback file's")
 	fs.StringVar(&c.fallback, "fallback-config", fallbackPath, "fallback `FILE`, read first; \"\" to skip")
+	fs.StringVar(&c.agentConfig, "agent-config", config.DefaultOverlayPath(getenv("MENDER_CONF_DIR")),
+		"agent-only `FILE`, same keys as mender.conf, read last: its keys win; for what Mender's own tools must not read, such as an HttpsClient key in a TPM; absent is fine, \"\" to skip")
 	fs.StringVar(&c.data, "data", getenv("MENDER_DATASTORE_DIR"), "state `DIR` for the generated key, device_type, artifact_name, the daemon's lock and status files (default $MENDER_DATASTORE_DIR or /var/lib/mender)")
 }
 
@@ -143,12 +147,7 @@ func loadEnv(c *commonFlags, stderr io.Writer, getenv func(string) string) (*env
 // loadEnvQuiet loads the configuration and sets up logging. It returns the
 // configuration's warnings for the caller to show, also with an error.
 func loadEnvQuiet(c *commonFlags, stderr io.Writer, getenv func(string) string) (*env, []string, error) {
-	cfg, err := config.Load(config.LoadOptions{
-		MainPath:     c.config,
-		FallbackPath: c.fallback,
-		DataDir:      getenv("MENDER_DATA_DIR"),
-		DatastoreDir: c.data,
-	})
+	cfg, err := config.Load(c.loadOptions(getenv))
 	if le, ok := errors.AsType[*config.LoadError](err); ok {
 		return nil, le.Warnings, err
 	}
@@ -161,6 +160,17 @@ func loadEnvQuiet(c *commonFlags, stderr io.Writer, getenv func(string) string) 
 	}
 	log := newLogger(stderr, ls)
 	return &env{cfg: cfg, log: log, scopts: identity.Options{DataDir: cfg.DataDir, Logger: log}}, cfg.Warnings, nil
+}
+
+// loadOptions are the config.Load options of the flags.
+func (c *commonFlags) loadOptions(getenv func(string) string) config.LoadOptions {
+	return config.LoadOptions{
+		MainPath:     c.config,
+		FallbackPath: c.fallback,
+		OverlayPath:  c.agentConfig,
+		DataDir:      getenv("MENDER_DATA_DIR"),
+		DatastoreDir: c.data,
+	}
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -328,9 +328,7 @@ func cmdStatus(_ context.Context, args []string, stdout, stderr io.Writer, geten
 		ConfigChanged: changedSince(st.ConfigFiles, st.ConfigLoadedAt),
 		agentStatus:   st,
 	}
-	if _, err := config.Load(config.LoadOptions{
-		MainPath: cf.config, FallbackPath: cf.fallback, DataDir: getenv("MENDER_DATA_DIR"), DatastoreDir: cf.data,
-	}); err != nil {
+	if _, err := config.Load(cf.loadOptions(getenv)); err != nil {
 		rep.ConfigError = oneLine(strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	if *asJSON {

@@ -29,6 +29,9 @@ Usage:
   simulator report merge A.json B.json ... --out ALL.json [--html FILE]
   simulator artifact write --type MODULE --name NAME --device-type TYPE --file FILE [--dest-dir DIR] -o OUT.mender
   simulator artifact read FILE [--key PUBLIC-KEY]
+  simulator station --port P [--port P2 …] --pki-dir DIR [--cn-template T] [--days N] [--loop] [--records FILE]
+                    [--preauth URL --user EMAIL --password PASSWORD]
+  simulator station verify-records FILE | import-records FILE --preauth URL --user EMAIL --password PASSWORD
   simulator deploy --server URL --user EMAIL (--artifact FILE | --artifact-name NAME) (--devices ID,… | --all) [flags]
   simulator version
 
@@ -42,6 +45,8 @@ Commands:
   demo        the first command to try: backend, ambassador, fresh PKI, a fleet and one real device-agent
   report      merge shard reports
   artifact    write and read Mender Artifacts (for users without mender-artifact)
+  station     factory provisioning over serial ports: sign the CSRs of boards running
+              'device-agent provision', keep hash-chained records, preauthorize the boards
   deploy      upload an artifact, deploy it through the management API and follow it to the end
   version     print the version
 
@@ -76,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReport(args[1:], stdout, stderr)
 	case "artifact":
 		err = cmdArtifact(args[1:], stdout, stderr)
+	case "station":
+		err = cmdStation(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "deploy":
 		err = cmdDeploy(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "ambassador":

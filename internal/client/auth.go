@@ -130,6 +130,9 @@ func (c *Client) authenticate(ctx context.Context) error {
 		c.mu.Unlock()
 		c.authOnce.Do(func() { close(c.authOK) })
 		c.log.Info("authenticated", "server", srv, "key", c.keyFP, "tier", c.opts.DeviceTier, "token", menderapi.TokenFingerprint(token))
+		if c.opts.OnToken != nil {
+			c.opts.OnToken(token, srv)
+		}
 		return nil
 	}
 	err = errs[0]

@@ -175,6 +175,12 @@ type Options struct {
 	// block for long. A daemon writes its status file and reports
 	// readiness from it. nil means none.
 	OnState func(State)
+	// OnToken is called after every successful authentication with the new
+	// token and the base URL of the server that issued it, synchronously on
+	// the authenticating goroutine, before Authenticate returns; it must not
+	// block for long and must never log the token. A D-Bus service
+	// (io.mender.Authentication1) publishes it from here. nil means none.
+	OnToken func(token, server string)
 	// Rand returns uniform values in [0, 1) for jitter and backoff; calls are
 	// serialised by the client. nil means math/rand/v2.
 	Rand func() float64

@@ -27,6 +27,9 @@ const (
 
 	// ConfFileName is the name of both config files.
 	ConfFileName = "mender.conf"
+	// AgentConfFileName is the agent-only overlay file next to mender.conf
+	// (see LoadOptions.OverlayPath).
+	AgentConfFileName = "device-agent.conf"
 	// MTLSCertFileName and MTLSKeyFileName are the mTLS files looked for in the mTLS directory.
 	MTLSCertFileName = "mender-cert.pem"
 	MTLSKeyFileName  = "mender-cert-private.pem"
@@ -65,6 +68,13 @@ type LoadOptions struct {
 	// loaded first and overridden by MainPath; "" skips it. At least one of the
 	// two files must exist.
 	FallbackPath string
+	// OverlayPath is the agent-only file (usually
+	// /etc/mender/device-agent.conf), read after MainPath with the same
+	// schema; its keys win over both files. It holds what only this agent
+	// may read, such as an HttpsClient with a TPM handle that Mender's own
+	// tools, which read mender.conf too, cannot load. "" or a missing file
+	// skips it; it does not count as a config file for ErrNoConfig.
+	OverlayPath string
 	// DataDir is the MENDER_DATA_DIR value; "" means /usr/share/mender.
 	DataDir string
 	// DatastoreDir is the MENDER_DATASTORE_DIR value; "" means /var/lib/mender.
@@ -81,7 +91,8 @@ type LoadOptions struct {
 type Config struct {
 	// File is the merged raw file.
 	File File
-	// Sources are the files that were loaded, fallback first.
+	// Sources are the files that were loaded, fallback first, then the
+	// main file, then the agent-only overlay.
 	Sources []string
 	// Servers are the server base URLs from ServerURL or Servers, in order,
 	// without duplicates, with trailing "/" trimmed and "https://" added when
@@ -125,6 +136,13 @@ type Config struct {
 	Warnings []string
 }
 
+// DefaultOverlayPath returns the agent-only overlay file for Mender's
+// MENDER_CONF_DIR value ("" means /etc/mender): device-agent.conf next to
+// mender.conf.
+func DefaultOverlayPath(confDir string) string {
+	return filepath.Join(orDefault(confDir, DefaultConfDir), AgentConfFileName)
+}
+
 // DefaultPaths returns the main and fallback config paths for Mender's
 // MENDER_CONF_DIR and MENDER_DATASTORE_DIR values ("" means the Mender
 // defaults, giving /etc/mender/mender.conf and /var/lib/mender/mender.conf).
@@ -151,11 +169,16 @@ func Load(opts LoadOptions) (*Config, error) {
 	var f File
 	var sources, tried []string
 	var readErrs []error
-	for _, path := range []string{opts.FallbackPath, opts.MainPath} {
+	found := 0        // of the main and fallback files
+	var edited string // the last of them read: where missing keys belong
+	for i, path := range []string{opts.FallbackPath, opts.MainPath, opts.OverlayPath} {
 		if path == "" {
 			continue
 		}
-		tried = append(tried, path)
+		overlay := i == 2
+		if !overlay {
+			tried = append(tried, path)
+		}
 		data, err := readFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -164,13 +187,17 @@ func Load(opts LoadOptions) (*Config, error) {
 			readErrs = append(readErrs, err)
 			continue
 		}
+		if !overlay {
+			found++
+			edited = path
+		}
 		sources = append(sources, path)
 		d.decodeFile(path, data, &f)
 	}
 	if len(readErrs) > 0 || len(d.errs) > 0 {
 		return nil, &LoadError{Problems: append(readErrs, d.errs...), Warnings: d.warnings}
 	}
-	if len(sources) == 0 {
+	if found == 0 {
 		if len(tried) == 0 {
 			return nil, fmt.Errorf("%w: no config path given; pass the main and fallback paths", ErrNoConfig)
 		}
@@ -179,7 +206,7 @@ func Load(opts LoadOptions) (*Config, error) {
 	}
 
 	// Keys set in neither file are reported against the file the user edits.
-	r := &resolver{f: &f, origin: d.origin, defaultFile: sources[len(sources)-1]}
+	r := &resolver{f: &f, origin: d.origin, defaultFile: edited}
 	if errs := r.validate(); len(errs) > 0 {
 		return nil, &LoadError{Problems: errs, Warnings: d.warnings}
 	}
