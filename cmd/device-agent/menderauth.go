@@ -51,7 +51,7 @@ Commands:
 Global options (--opt VALUE, --opt=VALUE or the short form):
   --config, -c FILE           main configuration (default $MENDER_CONF_DIR/mender.conf)
   --fallback-config, -b FILE  fallback configuration (default <datastore>/mender.conf)
-  --agent-config FILE         the agent-only file read last (default $MENDER_CONF_DIR/device-agent.conf)
+  --agent-config FILE         the agent-only file read last (default device-agent.conf beside --config)
   --datastore, --data, -d DIR state directory (default $MENDER_DATASTORE_DIR or /var/lib/mender)
   --log-file, -L FILE         append the log to FILE instead of stderr
   --log-level, -l LEVEL       trace, debug, info, warning, error, fatal or panic
@@ -87,7 +87,6 @@ func (m *menderAuthFlags) register(fs *flag.FlagSet, getenv func(string) string)
 	mainPath, fallbackPath := config.DefaultPaths(getenv("MENDER_CONF_DIR"), getenv("MENDER_DATA_DIR"), getenv("MENDER_DATASTORE_DIR"))
 	if m.cf.config == "" {
 		m.cf.config, m.cf.fallback = mainPath, fallbackPath
-		m.cf.agentConfig = config.DefaultOverlayPath(getenv("MENDER_CONF_DIR"))
 		m.cf.data = getenv("MENDER_DATASTORE_DIR")
 	}
 	for _, n := range []string{"config", "c"} {
@@ -96,7 +95,7 @@ func (m *menderAuthFlags) register(fs *flag.FlagSet, getenv func(string) string)
 	for _, n := range []string{"fallback-config", "b"} {
 		fs.StringVar(&m.cf.fallback, n, m.cf.fallback, "")
 	}
-	fs.StringVar(&m.cf.agentConfig, "agent-config", m.cf.agentConfig, "")
+	fs.Var(overlayPathFlag{&m.cf}, "agent-config", "")
 	for _, n := range []string{"datastore", "data", "d"} {
 		fs.StringVar(&m.cf.data, n, m.cf.data, "")
 	}

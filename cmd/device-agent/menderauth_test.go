@@ -41,7 +41,7 @@ func TestParseMenderAuth(t *testing.T) {
 		{name: "defaults", args: []string{"daemon"}, cmd: "daemon", check: func(t *testing.T, m *menderAuthFlags) {
 			assert.Equal(t, "/etc/mc/mender.conf", m.cf.config)
 			assert.Equal(t, "/var/ds/mender.conf", m.cf.fallback)
-			assert.Equal(t, "/etc/mc/device-agent.conf", m.cf.agentConfig)
+			assert.Equal(t, "/etc/mc/device-agent.conf", m.cf.overlayPath())
 			assert.Equal(t, "/var/ds", m.cf.data)
 			assert.False(t, m.forceBootstrap)
 		}},

@@ -31,11 +31,14 @@ identity and a CSR signed by the key, checks the certificate the station
 returns (it belongs to the key, carries the common name the station asked
 for, is valid now and chains to the station's CA), writes it atomically and
 sets HttpsClient.Certificate, HttpsClient.Key and Security.AuthPrivateKey in
---config (and TPM.Device when --tpm-device is given). A run that was
+the agent-only file (--agent-config, default device-agent.conf beside
+--config; with --agent-config "" in --config itself), and TPM.Device when
+--tpm-device is given: Mender's own tools read mender.conf and cannot load
+a key in a TPM. A run that was
 interrupted is finished by running it again; the station never issues a
 second certificate for one key.
 
---key defaults to HttpsClient.Key from --config, else handle:0x81000100 when
+--key defaults to HttpsClient.Key from the configuration files, else handle:0x81000100 when
 a TPM answers, else /data/mender/mender-cert-private.pem. --cert defaults to
 HttpsClient.Certificate, else mender-cert.pem next to a key file, else
 /data/mender/mender-cert.pem.`
@@ -77,9 +80,27 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 
+	// Settings are read from the agent-only file over --config and
+	// written to the agent-only file.
+	target := cf.overlayPath()
+	if target == "" {
+		target = cf.config
+	}
 	conf, err := readConfObject(cf.config)
 	if err != nil {
 		return err
+	}
+	over := &confObject{}
+	if target != cf.config {
+		if over, err = readConfObject(target); err != nil {
+			return err
+		}
+	}
+	setting := func(section, key string) string {
+		if v := over.str(section, key); v != "" {
+			return v
+		}
+		return conf.str(section, key)
 	}
 	// The port first: a missing or busy one fails before a key is made.
 	p, err := serialport.Open(*port, *baud)
@@ -89,11 +110,11 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	defer p.Close()
 	device := *tpmDevice
 	if device == "" {
-		device = conf.str("TPM", "Device")
+		device = setting("TPM", "Device")
 	}
 	ref := *keyRef
 	if ref == "" {
-		ref = conf.str("HttpsClient", "Key")
+		ref = setting("HttpsClient", "Key")
 	}
 	if ref == "" {
 		ref = filepath.Join(config.DefaultMTLSDir, config.MTLSKeyFileName)
@@ -105,7 +126,7 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	inTPM := strings.HasPrefix(strings.ToLower(ref), "handle:")
 	cert := *certPath
 	if cert == "" {
-		cert = conf.str("HttpsClient", "Certificate")
+		cert = setting("HttpsClient", "Certificate")
 	}
 	if cert == "" {
 		dir := config.DefaultMTLSDir
@@ -164,7 +185,7 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		Log:      log,
 		Store: func(_ context.Context, chain []*x509.Certificate, _ *x509.Certificate, station string) error {
 			stationName = station
-			return storeProvisioned(cert, ref, cf.config, *tpmDevice, chain)
+			return storeProvisioned(cert, ref, target, *tpmDevice, chain)
 		},
 	}
 	start := time.Now()
@@ -176,7 +197,7 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		return fmt.Errorf("provision over %s: %w", *port, err)
 	}
 	marker := provision.Marker{Time: time.Now().UTC().Truncate(time.Second), Station: stationName, Port: *port, CN: res.CN,
-		Serial: res.Serial, Fingerprint: res.Fingerprint, NotAfter: res.NotAfter.UTC(), CertFile: cert, Key: ref, KeyInTPM: inTPM, Config: cf.config}
+		Serial: res.Serial, Fingerprint: res.Fingerprint, NotAfter: res.NotAfter.UTC(), CertFile: cert, Key: ref, KeyInTPM: inTPM, Config: target}
 	if err := os.MkdirAll(datastore, 0o755); err == nil {
 		if err := provision.WriteMarker(filepath.Join(datastore, provision.MarkerName), marker); err != nil {
 			log.Warn("could not record the provisioning for device-agent check", "error", err)
@@ -187,7 +208,7 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		how = "certificate confirmed"
 	}
 	fmt.Fprintf(stdout, "provisioned by %s in %v: %s CN=%s, serial %s, valid until %s\n  certificate: %s\n  key:         %s\n  config:      %s\n",
-		res.Station, time.Since(start).Round(time.Millisecond), how, res.CN, res.Serial, res.NotAfter.UTC().Format(time.DateOnly), cert, ref, cf.config)
+		res.Station, time.Since(start).Round(time.Millisecond), how, res.CN, res.Serial, res.NotAfter.UTC().Format(time.DateOnly), cert, ref, target)
 	if res.Note != "" {
 		fmt.Fprintf(stdout, "  station:     %s\n", res.Note)
 	}

@@ -80,14 +80,22 @@ func TestProvisionOverPTY(t *testing.T) {
 	assert.Equal(t, "dev-0815", k.CertificateChain()[0].Subject.CommonName)
 	k.Close()
 
-	var got map[string]any
+	// The key and certificate go into the agent-only file beside
+	// mender.conf, which keeps its own keys untouched.
+	var main, got map[string]any
 	data, err := os.ReadFile(conf)
 	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &main))
+	assert.Equal(t, "https://mender.example.com", main["ServerURL"])
+	assert.NotContains(t, main, "Security", "mender.conf is left as it was")
+	overlay := filepath.Join(filepath.Dir(conf), config.AgentConfFileName)
+	data, err = os.ReadFile(overlay)
+	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(data, &got))
-	assert.Equal(t, "https://mender.example.com", got["ServerURL"])
-	assert.Equal(t, map[string]any{"SSLEngine": "", "Certificate": cert, "Key": key}, got["HttpsClient"])
+	assert.Equal(t, map[string]any{"Certificate": cert, "Key": key}, got["HttpsClient"])
 	assert.Equal(t, map[string]any{"AuthPrivateKey": key}, got["Security"])
-	cfg, err := config.Load(config.LoadOptions{MainPath: conf, DataDir: dataDir, DatastoreDir: dir})
+	assert.NotContains(t, got, "ServerURL")
+	cfg, err := config.Load(config.LoadOptions{MainPath: conf, OverlayPath: overlay, DataDir: dataDir, DatastoreDir: dir})
 	require.NoError(t, err)
 	assert.Equal(t, cert, cfg.CertFile)
 	assert.Equal(t, key, cfg.KeyFile)

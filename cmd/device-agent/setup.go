@@ -22,7 +22,8 @@ import (
 // commonFlags are the flags every configuration-reading command takes.
 type commonFlags struct {
 	config, fallback, data string
-	agentConfig            string // the agent-only overlay (device-agent.conf)
+	agentConfig            string // --agent-config, when agentConfigSet
+	agentConfigSet         bool
 	logLevel, logFormat    string
 }
 
@@ -74,8 +75,8 @@ func (c *commonFlags) registerPaths(fs *flag.FlagSet, getenv func(string) string
 	mainPath, fallbackPath := config.DefaultPaths(getenv("MENDER_CONF_DIR"), getenv("MENDER_DATA_DIR"), getenv("MENDER_DATASTORE_DIR"))
 	fs.StringVar(&c.config, "config", mainPath, "main `FILE` (mender.conf); its keys override the fallback file's")
 	fs.StringVar(&c.fallback, "fallback-config", fallbackPath, "fallback `FILE`, read first; \"\" to skip")
-	fs.StringVar(&c.agentConfig, "agent-config", config.DefaultOverlayPath(getenv("MENDER_CONF_DIR")),
-		"agent-only `FILE`, same keys as mender.conf, read last: its keys win; for what Mender's own tools must not read, such as an HttpsClient key in a TPM; absent is fine, \"\" to skip")
+	fs.Var(overlayPathFlag{c}, "agent-config",
+		"agent-only `FILE`, same keys as mender.conf, read last: its keys win; for what Mender's own tools must not read, such as an HttpsClient key in a TPM; absent is fine, \"\" to skip (default: device-agent.conf beside --config, /etc/mender/device-agent.conf)")
 	fs.StringVar(&c.data, "data", getenv("MENDER_DATASTORE_DIR"), "state `DIR` for the generated key, device_type, artifact_name, the daemon's lock and status files (default $MENDER_DATASTORE_DIR or /var/lib/mender)")
 }
 
@@ -167,7 +168,7 @@ func (c *commonFlags) loadOptions(getenv func(string) string) config.LoadOptions
 	return config.LoadOptions{
 		MainPath:     c.config,
 		FallbackPath: c.fallback,
-		OverlayPath:  c.agentConfig,
+		OverlayPath:  c.overlayPath(),
 		DataDir:      getenv("MENDER_DATA_DIR"),
 		DatastoreDir: c.data,
 	}
@@ -346,4 +347,33 @@ func (e *env) baseClientOptions(k *keys) client.Options {
 		opts.TLSCredential = k.tls
 	}
 	return opts
+}
+
+// overlayPathFlag is --agent-config. Unset, the overlay is device-agent.conf
+// beside --config, so a test or a second installation that moves mender.conf
+// moves its overlay with it.
+type overlayPathFlag struct{ c *commonFlags }
+
+func (f overlayPathFlag) String() string {
+	if f.c == nil {
+		return ""
+	}
+	return f.c.agentConfig
+}
+
+func (f overlayPathFlag) Set(s string) error {
+	f.c.agentConfig, f.c.agentConfigSet = s, true
+	return nil
+}
+
+// overlayPath is the agent-only file to read: --agent-config when given
+// ("" skips it), else device-agent.conf in --config's directory.
+func (c *commonFlags) overlayPath() string {
+	if c.agentConfigSet {
+		return c.agentConfig
+	}
+	if c.config == "" {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(c.config), config.AgentConfFileName)
 }

@@ -2,7 +2,9 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +66,7 @@ func TestFleet500DevicesThroughAmbassador(t *testing.T) {
 	assert.Equal(t, n, r.Accepted, "every device accepted through the ambassador")
 	require.NotNil(t, r.TimeToAllAcceptedS)
 	assert.Positive(t, *r.TimeToAllAcceptedS)
-	assert.Zero(t, r.ErrorsTotal, "no errors: %v", r.Operations)
+	assert.Zero(t, r.ErrorsTotal, "no errors: %s", errorKinds(r))
 	assert.Zero(t, r.Pending)
 	assert.True(t, r.MTLS)
 	assert.Equal(t, "ecdsa-p256", r.KeyType)
@@ -349,4 +351,17 @@ func TestNewValidatesOptions(t *testing.T) {
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
+}
+
+// errorKinds lists the report's errors as "op kind: count" for a failure
+// message.
+func errorKinds(r *Report) string {
+	var parts []string
+	for _, op := range r.OperationNames() {
+		for k, v := range r.Operations[op].ErrorsByKind {
+			parts = append(parts, fmt.Sprintf("%s %s: %d", op, k, v))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
 }
