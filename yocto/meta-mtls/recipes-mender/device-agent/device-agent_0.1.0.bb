@@ -2,4 +2,4 @@
 # 0.1.0 names this first pinned commit until one exists.
 require device-agent.inc
 
-SRCREV = "a39a0464af0fc34d325be4b7fd3ece0adfdb1d01"
+SRCREV = "85af359eb78ef0015e13f73883251c90e8450447"
