@@ -74,7 +74,7 @@ func TestCheckDiagnosesConnections(t *testing.T) {
 		stdout, stderr, code := runAgent(t, a.env, a.args("check")...)
 		require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
 		assert.Equal(t, map[string]string{"config": "PASS", "certificate": "PASS", "key": "PASS", "identity": "PASS",
-			"device type": "PASS", "connect": "PASS", "tls": "PASS", "auth": "PASS"}, checkStatuses(stdout))
+			"device type": "PASS", "connect": "PASS", "tls": "PASS", "auth": "PASS", "dbus": "SKIP"}, checkStatuses(stdout))
 		assert.Contains(t, stdout, "client certificate accepted")
 	})
 
@@ -195,7 +195,7 @@ func TestCheckJSONRunsEveryCheck(t *testing.T) {
 		}
 	}
 	assert.Equal(t, map[string]string{"config": "PASS", "certificate": "PASS", "key": "PASS", "identity": "PASS",
-		"device type": "FAIL", "connect": "PASS", "tls": "PASS", "auth": "PASS"}, got)
+		"device type": "FAIL", "connect": "PASS", "tls": "PASS", "auth": "PASS", "dbus": "SKIP"}, got)
 
 	text, _, code := runAgent(t, a.env, a.args("check")...)
 	assert.Equal(t, 1, code)

@@ -347,7 +347,10 @@ func newAgent(t *testing.T, serverURL, ca string, c agentConf) *agentSetup {
 	js, err := json.MarshalIndent(conf, "", "  ")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(a.conf, js, 0o644))
-	a.env = []string{"MENDER_DATA_DIR=" + a.datadir, "MENDER_DATASTORE_DIR=" + a.datastore, "MENDER_CONF_DIR=" + dir}
+	// No system bus: check's dbus line is a SKIP whatever the host runs
+	// (the D-Bus tests start their own bus and set the variable).
+	a.env = []string{"MENDER_DATA_DIR=" + a.datadir, "MENDER_DATASTORE_DIR=" + a.datastore, "MENDER_CONF_DIR=" + dir,
+		"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(dir, "no-system-bus")}
 	return a
 }
 
