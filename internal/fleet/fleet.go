@@ -303,9 +303,10 @@ func (f *Fleet) Run(ctx context.Context) (*Report, error) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if f.opts.Duration > 0 {
-		var c2 context.CancelFunc
-		runCtx, c2 = context.WithTimeout(runCtx, f.opts.Duration)
-		defer c2()
+		// A cancel, not a deadline: exchanges still in flight at the end
+		// are cut by the stop (counted as canceled), not timed out.
+		stop := time.AfterFunc(f.opts.Duration, cancel)
+		defer stop.Stop()
 	}
 	f.log.Info("fleet starting", "devices", len(f.devices), "server", f.opts.ServerURL, "mtls", f.mtls,
 		"ramp", f.opts.Ramp, "duration", f.opts.Duration)

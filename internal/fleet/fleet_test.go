@@ -365,3 +365,21 @@ func errorKinds(r *Report) string {
 	slices.Sort(parts)
 	return strings.Join(parts, ", ")
 }
+
+// A run that ends at Options.Duration cuts the exchanges still in flight:
+// they are canceled at the stop, not timeouts of the server.
+func TestFleetDurationEndCancelsInFlight(t *testing.T) {
+	env := newEnv(t, false)
+	const n = 3
+	// Every auth (and next) call hangs past the end of the run.
+	env.backend.AddFault(fakemender.Fault{PathPrefix: "/api/devices/", Method: "POST", Delay: 4 * time.Second, FailRate: 1})
+	env.backend.AddFault(fakemender.Fault{PathPrefix: menderapi.PathNextV1, Delay: 4 * time.Second, FailRate: 1})
+	opts := env.fastOptions(env.creds(t, n, false))
+	opts.Duration = 1500 * time.Millisecond
+	f, err := New(opts)
+	require.NoError(t, err)
+	r, err := f.Run(t.Context())
+	require.NoError(t, err)
+	assert.Zero(t, r.ErrorsTotal, "no exchange cut at the end is an error: %s", errorKinds(r))
+	assert.GreaterOrEqual(t, r.Canceled, uint64(1), "the hanging exchanges are counted as canceled")
+}

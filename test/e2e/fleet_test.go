@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,16 +22,29 @@ type fleetReport struct {
 	Canceled           uint64   `json:"canceled"`
 	TimeToAllAcceptedS *float64 `json:"time_to_all_accepted_s"`
 	Operations         map[string]struct {
-		Count  uint64  `json:"count"`
-		Errors uint64  `json:"errors"`
-		P50    float64 `json:"p50_ms"`
-		P99    float64 `json:"p99_ms"`
+		Count        uint64            `json:"count"`
+		Errors       uint64            `json:"errors"`
+		ErrorsByKind map[string]uint64 `json:"errors_by_kind"`
+		P50          float64           `json:"p50_ms"`
+		P99          float64           `json:"p99_ms"`
 	} `json:"operations"`
 	Deployments struct {
 		Started   uint64 `json:"started"`
 		Succeeded uint64 `json:"succeeded"`
 		Failed    uint64 `json:"failed"`
 	} `json:"deployments"`
+}
+
+// errorKinds lists the errors as "op kind: count", for failure messages.
+func (r fleetReport) errorKinds() string {
+	var parts []string
+	for op, o := range r.Operations {
+		for k, v := range o.ErrorsByKind {
+			parts = append(parts, fmt.Sprintf("%s %s: %d", op, k, v))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
 }
 
 func readReport(t *testing.T, path string) fleetReport {
@@ -56,7 +71,7 @@ func TestDemo300(t *testing.T) {
 	r := readReport(t, filepath.Join(dir, "r.json"))
 	assert.GreaterOrEqual(t, r.Devices, 300, "300 virtual devices (plus the real agent, when counted)")
 	assert.Equal(t, r.Devices, r.Accepted, "every device accepted")
-	assert.Zero(t, r.ErrorsTotal, "zero errors")
+	assert.Zero(t, r.ErrorsTotal, "zero errors: %s", r.errorKinds())
 	require.NotNil(t, r.TimeToAllAcceptedS)
 	assert.Greater(t, *r.TimeToAllAcceptedS, 0.0)
 	for _, op := range []string{"auth", "inventory", "next"} {
@@ -97,7 +112,7 @@ func TestRunAgainstFailingBackend(t *testing.T) {
 	for _, byStatus := range s.ByRouteStatus {
 		served503 += byStatus[503]
 	}
-	t.Logf("503 served %d, errors counted %d, canceled %d", served503, r.ErrorsTotal, r.Canceled)
+	t.Logf("503 served %d, errors counted %d (%s), canceled %d", served503, r.ErrorsTotal, r.errorKinds(), r.Canceled)
 	// Every injected 503 is in the report, except those whose device was
 	// stopped before the answer arrived: the report counts those as canceled.
 	assert.LessOrEqual(t, r.ErrorsTotal, uint64(served503), "no failure counted that the backend did not inject")
