@@ -1,7 +1,9 @@
 package main
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -140,4 +142,29 @@ func TestMakefileAgentBuildsOmitHTTP2(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Built with -tags nodbus the agent links no D-Bus code, and the roles that
+// need the bus say so in one line instead of failing later.
+func TestNoDBusBuild(t *testing.T) {
+	deps := goList(t, agentTag+",nodbus", "-deps", ".")
+	require.Contains(t, deps, "github.com/mender-mtls/mtls-agent/internal/dbusauth", "sanity: the stub is linked")
+	for _, d := range deps {
+		require.NotContains(t, d, "godbus", "a nodbus agent must not link godbus")
+	}
+	if testing.Short() {
+		return
+	}
+	bin := filepath.Join(t.TempDir(), "device-agent")
+	out, err := exec.Command("go", "build", "-tags", agentTag+",nodbus", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mender.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(`{"ServerURL": "https://127.0.0.1:9"}`), 0o600))
+	cmd := exec.Command(bin, "mender-auth", "--config", conf, "--fallback-config", "", "--datastore", dir, "daemon")
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+filepath.Join(dir, "no-bus"))
+	out, err = cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "mender-auth daemon must fail without D-Bus support:\n%s", out)
+	assert.Contains(t, string(out), "built without D-Bus support")
 }

@@ -113,7 +113,7 @@ func (c *consumer) signal(t *testing.T) (token, url string) {
 	select {
 	case s := <-c.signals:
 		require.Equal(t, dbusauth.Interface+"."+dbusauth.Signal, s.Name)
-		require.Equal(t, dbusauth.ObjectPath, s.Path)
+		require.Equal(t, dbus.ObjectPath(dbusauth.ObjectPath), s.Path)
 		require.Len(t, s.Body, 2)
 		return s.Body[0].(string), s.Body[1].(string)
 	case <-time.After(10 * time.Second):

@@ -1,3 +1,5 @@
+//go:build !nodbus
+
 package dbusauth
 
 import (
@@ -8,25 +10,6 @@ import (
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
-
-// ProbeResult is what [Probe] found on the bus.
-type ProbeResult struct {
-	// Owned reports whether a process owns BusName.
-	Owned bool
-	// Owner describes the owner: its unique name, PID and command when the
-	// bus tells them. "" when not owned.
-	Owner string
-	// Token is the fingerprint of the token GetJwtToken returned
-	// (menderapi.TokenFingerprint), "" when it returned none. The token
-	// itself is not kept.
-	Token string
-	// ServerURL is the server URL GetJwtToken returned, "" with no token.
-	ServerURL string
-	// CallError is why GetJwtToken failed when the name is owned (a bus
-	// policy that refuses this user, a daemon that does not answer); nil
-	// when the call worked.
-	CallError error
-}
 
 // Probe connects to the bus at address ("" = DefaultSystemBusAddress),
 // finds the owner of BusName and, when there is one, calls GetJwtToken,

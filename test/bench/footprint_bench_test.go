@@ -73,6 +73,32 @@ func BenchmarkAgentFootprint(b *testing.B) {
 			}
 		})
 	}
+	// The cost of the D-Bus code (godbus and the io.mender.Authentication1
+	// service), which the mender-auth role needs: the armv7 agent built
+	// with -tags nodbus, and the difference.
+	b.Run("size/armv7-nodbus", func(b *testing.B) {
+		with, err := os.Stat(filepath.Join(bin, "linux_armv7", "device-agent"))
+		if err != nil {
+			b.Fatalf("%v (make cross builds it)", err)
+		}
+		var size int64
+		for range b.N {
+			out := filepath.Join(b.TempDir(), "device-agent")
+			cmd := exec.Command("make", "-s", "-C", "../..", "build-armv7", "TAGS=nodbus", "BIN="+filepath.Dir(filepath.Dir(out)))
+			cmd.Env = append(os.Environ(), "MAKEFLAGS=")
+			if o, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("make build-armv7 TAGS=nodbus: %v\n%s", err, o)
+			}
+			fi, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(out)), "linux_armv7", "device-agent"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			size = fi.Size()
+		}
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(float64(size)/1e6, "MB")
+		b.ReportMetric(float64(with.Size()-size)/1e3, "kB-dbus")
+	})
 	b.Run("rss", func(b *testing.B) {
 		d := time.Minute
 		if s := envInt(b, "FOOTPRINT_SECONDS", 0); s > 0 {
