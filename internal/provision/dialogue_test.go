@@ -218,6 +218,63 @@ func TestStationRestartedMidDialogue(t *testing.T) {
 	assert.Equal(t, []string{KindIssued, KindStored}, kinds(recs.All()), "the restarted station sent the certificate it had issued")
 }
 
+// The station dies after it acknowledged the CSR and before it answered,
+// so the device, waiting for the certificate, has nothing to send: it
+// repeats its last message now and then, the new station answers that
+// unknown dialogue with a reset, and the device starts again by itself
+// well before its step timeout.
+func TestStationRestartedWhileDeviceWaits(t *testing.T) {
+	fx := newFixture(t)
+	dev, st := line(t, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	killed := make(chan struct{})
+	var dead bool
+	st.mangle = func(b []byte) []byte {
+		if dead {
+			return nil
+		}
+		if f, err := DecodeFrame(b[1 : len(b)-1]); err == nil && f.Type == FrameData {
+			if typ, _, _ := DecodeEnvelope(f.Body); typ == TypeCert {
+				dead = true // the certificate never leaves the dying station
+				close(killed)
+				return nil
+			}
+		}
+		return b
+	}
+	sctx, skill := context.WithCancel(ctx)
+	results, _ := fx.serve(sctx, st, fastLink)
+	devDone := make(chan error, 1)
+	d := fx.device()
+	d.StepTimeout = 30 * time.Second // longer than the test: only a restart can finish it
+	var res DeviceResult
+	go func() {
+		var err error
+		res, err = d.Run(ctx, dev)
+		devDone <- err
+	}()
+	<-killed
+	skill()
+	<-results
+	fresh := newMemPipe()
+	st.in.Close()
+	st2 := &end{in: fresh, out: st.out}
+	dev.mu.Lock()
+	dev.out = fresh
+	dev.mu.Unlock()
+	recs, err := OpenRecords(fx.records.Path())
+	require.NoError(t, err)
+	fx.station.Records = recs
+	results2, _ := fx.serve(ctx, st2, fastLink)
+
+	require.NoError(t, <-devDone)
+	require.NoError(t, (<-results2).Err)
+	assert.Equal(t, pki.CertFingerprint(fx.chain[0]), res.Fingerprint)
+	assert.Equal(t, []string{KindIssued, KindStored}, kinds(recs.All()), "the restarted station sent the certificate it had issued, not a second one")
+}
+
 // rawDevice speaks the protocol by hand, for what a correct device never
 // sends.
 func rawDevice(t *testing.T, rw io.ReadWriter) (*conv, *Link) {

@@ -30,6 +30,9 @@ var (
 const (
 	DefaultFrameTimeout = time.Second
 	DefaultRetries      = 8
+	// DefaultProbeInterval is how often a device link that waits for the
+	// station repeats the last message it sent (LinkOptions.ProbeInterval).
+	DefaultProbeInterval = 3 * time.Second
 )
 
 // LinkOptions tune a Link. The zero value uses the defaults.
@@ -49,6 +52,13 @@ type LinkOptions struct {
 	// of sessions it does not know are answered with a reset. A device link
 	// (false) keeps the session it was given and ignores other frames.
 	Station bool
+	// ProbeInterval: while a device link waits for the station's next
+	// message it sends its own last message again this often. A live
+	// station acknowledges the duplicate and delivers nothing; a station
+	// that restarted meanwhile does not know the dialogue and answers with
+	// a reset, so the device starts again instead of waiting out its step
+	// timeout. 0 means DefaultProbeInterval. Station links never probe.
+	ProbeInterval time.Duration
 }
 
 // Stats count what happened on a link.
@@ -61,6 +71,7 @@ type Stats struct {
 	BytesIn       int64 // every byte read
 	BytesOut      int64 // every byte written
 	FramesForeign int64 // valid frames of another session, ignored
+	Probes        int64 // last messages repeated while waiting (device links)
 }
 
 // Link is a reliable, ordered message channel over a byte stream: the
@@ -86,8 +97,11 @@ type Link struct {
 	// next is a data frame with sequence number 0 of a new session, kept for
 	// Accept (station links).
 	next *Frame
+	// last is the last data frame this side sent, which a device link
+	// repeats while it waits (LinkOptions.ProbeInterval).
+	last *Frame
 
-	noise, bad, framesIn, retrans, dups, bytesIn, bytesOut, foreign atomic.Int64
+	noise, bad, framesIn, retrans, dups, bytesIn, bytesOut, foreign, probes atomic.Int64
 }
 
 // NewLink starts reading rw. A reader that returns (0, nil) (a serial port
@@ -100,6 +114,9 @@ func NewLink(rw io.ReadWriter, opts LinkOptions) *Link {
 	}
 	if opts.Retries <= 0 {
 		opts.Retries = DefaultRetries
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = DefaultProbeInterval
 	}
 	l := &Link{w: rw, opts: opts, frames: make(chan Frame, 16), done: make(chan struct{})}
 	go l.readLoop(rw)
@@ -147,7 +164,7 @@ func (l *Link) Close() { l.once.Do(func() { close(l.done) }) }
 func (l *Link) Stats() Stats {
 	return Stats{FramesIn: l.framesIn.Load(), BadFrames: l.bad.Load(), NoiseBytes: l.noise.Load(),
 		Retransmits: l.retrans.Load(), Duplicates: l.dups.Load(), BytesIn: l.bytesIn.Load(),
-		BytesOut: l.bytesOut.Load(), FramesForeign: l.foreign.Load()}
+		BytesOut: l.bytesOut.Load(), FramesForeign: l.foreign.Load(), Probes: l.probes.Load()}
 }
 
 // closedErr is the error of a closed link: the read error when there was one.
@@ -201,6 +218,7 @@ func (l *Link) frameDeadline(n int) time.Duration {
 // acknowledged and queued for Recv.
 func (l *Link) Send(ctx context.Context, body []byte) error {
 	f := Frame{Type: FrameData, Session: l.session, Seq: l.sendSeq, Body: body}
+	l.last = &f
 	wait := l.frameDeadline(len(body) + len(body)/254 + headerLen + crcLen + 3)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -250,11 +268,16 @@ func (l *Link) Send(ctx context.Context, body []byte) error {
 // Recv returns the next message body from the peer, waiting at most wait
 // (0: until ctx ends).
 func (l *Link) Recv(ctx context.Context, wait time.Duration) ([]byte, error) {
-	var timeout <-chan time.Time
+	var timeout, probe <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		timeout = t.C
+	}
+	if !l.opts.Station && l.last != nil && l.last.Session == l.session {
+		p := time.NewTicker(l.opts.ProbeInterval)
+		defer p.Stop()
+		probe = p.C
 	}
 	for len(l.queue) == 0 {
 		select {
@@ -264,6 +287,11 @@ func (l *Link) Recv(ctx context.Context, wait time.Duration) ([]byte, error) {
 			return nil, l.closedErr()
 		case <-timeout:
 			return nil, fmt.Errorf("%w: no message within %v", ErrTimeout, wait)
+		case <-probe:
+			l.probes.Add(1)
+			if err := l.write(*l.last); err != nil {
+				return nil, err
+			}
 		case in := <-l.frames:
 			if err := l.handle(in); err != nil {
 				return nil, err
