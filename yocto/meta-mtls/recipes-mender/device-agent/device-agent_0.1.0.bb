@@ -2,4 +2,4 @@
 # 0.1.0 names this first pinned commit until one exists.
 require device-agent.inc
 
-SRCREV = "85af359eb78ef0015e13f73883251c90e8450447"
+SRCREV = "f7cc6bce9d0db5931586813c19a9802065effb01"
