@@ -252,9 +252,8 @@ func (p *proc) exited() bool {
 	}
 }
 
-// mgmt performs a management API call, logging in first, and decodes a JSON
-// answer into out when out is not nil. It returns the status code.
-func (b *backend) mgmt(t *testing.T, method, path string, body, out any) int {
+// mgmtToken returns the management token, logging in on first use.
+func (b *backend) mgmtToken(t *testing.T) string {
 	t.Helper()
 	b.mu.Lock()
 	if b.token == "" {
@@ -270,6 +269,14 @@ func (b *backend) mgmt(t *testing.T, method, path string, body, out any) int {
 	}
 	tok := b.token
 	b.mu.Unlock()
+	return tok
+}
+
+// mgmt performs a management API call, logging in first, and decodes a JSON
+// answer into out when out is not nil. It returns the status code.
+func (b *backend) mgmt(t *testing.T, method, path string, body, out any) int {
+	t.Helper()
+	tok := b.mgmtToken(t)
 	var rd io.Reader
 	if body != nil {
 		js, err := json.Marshal(body)

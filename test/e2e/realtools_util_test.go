@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
 // Helpers for the tests that run Mender's own tools against `simulator
@@ -186,20 +184,7 @@ func (b *backend) deploymentDevice(t *testing.T, depID, devID string) mgmtDevice
 // as it is (the device log is text, not JSON).
 func (b *backend) mgmtRaw(t *testing.T, path string) (int, string) {
 	t.Helper()
-	b.mu.Lock()
-	if b.token == "" {
-		req, err := http.NewRequest(http.MethodPost, b.mgmtURL+menderapi.PathLogin, nil)
-		require.NoError(t, err)
-		req.SetBasicAuth(b.user, b.pass)
-		resp, err := b.http.Do(req)
-		require.NoError(t, err)
-		tok, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode, "login: %s", tok)
-		b.token = string(tok)
-	}
-	tok := b.token
-	b.mu.Unlock()
+	tok := b.mgmtToken(t)
 	req, err := http.NewRequest(http.MethodGet, b.mgmtURL+path, nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+tok)
