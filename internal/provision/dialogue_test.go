@@ -199,18 +199,7 @@ func TestStationRestartedMidDialogue(t *testing.T) {
 	<-killed
 	skill()
 	<-results
-	// The old station's reader goroutine keeps its pipe: give the new one
-	// a new pipe, as a new process gets a new file descriptor.
-	fresh := newMemPipe()
-	st.in.Close()
-	st2 := &end{in: fresh, out: st.out}
-	dev.mu.Lock()
-	dev.out, dev.mangle = fresh, nil
-	dev.mu.Unlock()
-	recs, err := OpenRecords(fx.records.Path())
-	require.NoError(t, err)
-	fx.station.Records = recs
-	results2, _ := fx.serve(ctx, st2, fastLink)
+	recs, results2 := restartStation(ctx, t, fx, dev, st)
 
 	require.NoError(t, <-devDone)
 	require.NoError(t, (<-results2).Err)
@@ -258,21 +247,31 @@ func TestStationRestartedWhileDeviceWaits(t *testing.T) {
 	<-killed
 	skill()
 	<-results
-	fresh := newMemPipe()
-	st.in.Close()
-	st2 := &end{in: fresh, out: st.out}
-	dev.mu.Lock()
-	dev.out = fresh
-	dev.mu.Unlock()
-	recs, err := OpenRecords(fx.records.Path())
-	require.NoError(t, err)
-	fx.station.Records = recs
-	results2, _ := fx.serve(ctx, st2, fastLink)
+	recs, results2 := restartStation(ctx, t, fx, dev, st)
 
 	require.NoError(t, <-devDone)
 	require.NoError(t, (<-results2).Err)
 	assert.Equal(t, pki.CertFingerprint(fx.chain[0]), res.Fingerprint)
 	assert.Equal(t, []string{KindIssued, KindStored}, kinds(recs.All()), "the restarted station sent the certificate it had issued, not a second one")
+}
+
+// restartStation starts a new station, with the records the killed one
+// left, on the station's end of the line. The old station's reader
+// goroutine keeps its pipe, so the new one gets a new pipe, as a new
+// process gets a new file descriptor; the device's frames go there, as
+// they are.
+func restartStation(ctx context.Context, t *testing.T, fx *fixture, dev, st *end) (*Records, <-chan BoardResult) {
+	t.Helper()
+	fresh := newMemPipe()
+	st.in.Close()
+	dev.mu.Lock()
+	dev.out, dev.mangle = fresh, nil
+	dev.mu.Unlock()
+	recs, err := OpenRecords(fx.records.Path())
+	require.NoError(t, err)
+	fx.station.Records = recs
+	results, _ := fx.serve(ctx, &end{in: fresh, out: st.out}, fastLink)
+	return recs, results
 }
 
 // rawDevice speaks the protocol by hand, for what a correct device never
