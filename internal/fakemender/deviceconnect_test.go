@@ -306,6 +306,11 @@ func TestDeviceConnectReplaceMalformedAndLimit(t *testing.T) {
 	e := newDCEnv(t, fakemender.Options{})
 	first := e.connectDevice(t)
 	user := e.connectUser(t)
+	// The user's session is opened by the server after the upgrade: wait
+	// until a frame of it reaches the first connection, so the session is
+	// known to belong to that one before the second connection replaces it.
+	send(t, user, shell(fakemender.ShellNew, "", map[string]any{"terminal_width": 80, "terminal_height": 40}, ""))
+	assert.Equal(t, fakemender.ShellNew, recv(t, first).Header.MsgType)
 	second, _, err := e.dial(t, pathDeviceConnect, e.devToken) // no subprotocol asked: still accepted
 	require.NoError(t, err)
 	assert.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(readErr(t, first, 5*time.Second)), "the old device connection is closed")
