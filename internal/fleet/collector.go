@@ -143,6 +143,40 @@ type collector struct {
 
 	tlMu sync.Mutex
 	tl   timeline
+
+	markMu  sync.Mutex
+	markers []Marker
+}
+
+// maxMarkers bounds the markers kept in one run; later ones are dropped.
+const maxMarkers = 1000
+
+// Marker is an event of a run shown on the report's time charts: a
+// deployment scheduled, a fault injected, a reconnect storm.
+type Marker struct {
+	// AtS is the time since the start of the run, in seconds.
+	AtS float64 `json:"at_s"`
+	// Kind names the event, e.g. "reconnect-storm".
+	Kind string `json:"kind"`
+	// Detail is a short free text, "" for none.
+	Detail string `json:"detail,omitempty"`
+}
+
+// mark records a marker at the current time.
+func (c *collector) mark(kind, detail string) {
+	at := c.now().Sub(c.start).Seconds()
+	c.markMu.Lock()
+	defer c.markMu.Unlock()
+	if len(c.markers) < maxMarkers {
+		c.markers = append(c.markers, Marker{AtS: max(at, 0), Kind: kind, Detail: detail})
+	}
+}
+
+// markerList returns a copy of the markers recorded so far.
+func (c *collector) markerList() []Marker {
+	c.markMu.Lock()
+	defer c.markMu.Unlock()
+	return append([]Marker(nil), c.markers...)
 }
 
 func newCollector(devices int, sample time.Duration, now func() time.Time) *collector {

@@ -71,6 +71,8 @@ type Report struct {
 	Operations map[string]*OpReport `json:"operations"`
 	// Timeline is the run sampled over time.
 	Timeline Timeline `json:"timeline"`
+	// Markers are the run's events (Fleet.Mark), in time order.
+	Markers []Marker `json:"markers,omitempty"`
 }
 
 // ShardReport names one shard of the fleet in a report.
@@ -604,4 +606,69 @@ func kinds(m map[string]uint64) string {
 		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
 	}
 	return strings.Join(parts, " ")
+}
+
+// report builds the report at the end of a run.
+func (f *Fleet) report(ended time.Time) *Report {
+	c := f.col
+	r := &Report{
+		Version:       ReportVersion,
+		Started:       c.start,
+		Ended:         ended,
+		DurationS:     ended.Sub(c.start).Seconds(),
+		Server:        f.opts.ServerURL,
+		MTLS:          f.mtls,
+		KeyType:       f.keyType,
+		Devices:       len(f.devices),
+		Accepted:      int(c.accepted.Load()),
+		RequestsTotal: c.totalRequests.Load(),
+		ErrorsTotal:   c.totalErrors.Load(),
+		Canceled:      c.canceled.Load(),
+		Handshakes:    Handshakes{Full: c.full.Load(), Resumed: c.resumed.Load()},
+		Memory:        Memory{PeakBytes: c.memPeak.Load(), BaselineBytes: c.memBaseline},
+		Deployments: Deployments{
+			Started: c.depStarted.Load(), Succeeded: c.depSucceeded.Load(), Failed: c.depFailed.Load(),
+			FailedOnPurpose: c.depFailedOnPurpose.Load(), FailRate: f.opts.FailRate,
+			Aborted: c.depAborted.Load(), Incomplete: c.depIncomplete.Load(), DownloadedBytes: c.depBytes.Load(),
+			CompletedDownloadBytes: c.depCompletedBytes.Load(),
+			DownloadSeconds:        newDurationSummary(c.depDownload.snapshot()),
+			InstallSeconds:         newDurationSummary(c.depInstall.snapshot()),
+		},
+		Operations: map[string]*OpReport{},
+	}
+	r.Pending, r.Failing = f.states()
+	r.Memory.PerDeviceKiB = perDeviceKiB(r.Memory, r.Devices)
+	r.Deployments.fillStats()
+	if d, ok := c.timeToAllAccepted(); ok {
+		s := d.Seconds()
+		r.TimeToAllAcceptedS = &s
+	}
+	r.Shards = []ShardReport{{Shard: f.opts.Shard.String(), FirstIndex: f.devices[0].index,
+		Devices: len(f.devices), TimeToAllAcceptedS: r.TimeToAllAcceptedS}}
+	for name, st := range c.ops {
+		st.mu.Lock()
+		if name == "other" && st.count == 0 {
+			st.mu.Unlock()
+			continue
+		}
+		h := st.hist
+		o := &OpReport{Count: st.count, Errors: st.errors, Fallbacks: st.fallbacks,
+			ErrorsByKind: make(map[string]uint64, len(st.kinds)), Histogram: &h}
+		for k, v := range st.kinds {
+			o.ErrorsByKind[k] = v
+		}
+		st.mu.Unlock()
+		o.fillStats()
+		r.Operations[name] = o
+	}
+	r.Markers = c.markerList()
+	c.tlMu.Lock()
+	step, pts := c.tl.snapshot()
+	c.tlMu.Unlock()
+	r.Timeline = Timeline{StepS: step.Seconds(), Accepted: make([]int, len(pts)),
+		Requests: make([]uint64, len(pts)), Errors: make([]uint64, len(pts))}
+	for i, p := range pts {
+		r.Timeline.Accepted[i], r.Timeline.Requests[i], r.Timeline.Errors[i] = p.Accepted, p.Requests, p.Errors
+	}
+	return r
 }
