@@ -1,0 +1,11 @@
+//go:build !unix
+
+package rlimit
+
+import "errors"
+
+// RaiseFiles is not supported on this system: it returns zero limits and
+// an error.
+func RaiseFiles() (Files, error) {
+	return Files{}, errors.New("open-file limits are not supported on this system")
+}
