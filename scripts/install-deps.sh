@@ -30,6 +30,10 @@ command -v mender >/dev/null 2>&1 || need+=(mender-client)
 # tests (test/e2e/menderauth_test.go), which start a private bus.
 command -v mender-connect >/dev/null 2>&1 || need+=(mender-connect)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
+# nginx, the mTLS-terminating proxy `make bench` compares the ambassador with,
+# and xmllint, which checks the fleet report's JUnit file against its schema.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v xmllint >/dev/null 2>&1 || need+=(libxml2-utils)
 # The shared libraries of Mender's C++ 5.1.0 client (../shared/peers/mender-5.1.0,
 # `ldd bin/mender-update`), by soname, with the Debian 12 package of each.
 libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
