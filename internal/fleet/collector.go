@@ -146,6 +146,21 @@ type collector struct {
 
 	markMu  sync.Mutex
 	markers []Marker
+
+	// bytesIn and bytesOut count the bytes read from and written to the
+	// devices' connections (TLS records included).
+	bytesIn, bytesOut atomic.Uint64
+}
+
+// addBytes counts bytes read from (in) and written to (out) a device
+// connection.
+func (c *collector) addBytes(in, out uint64) {
+	if in > 0 {
+		c.bytesIn.Add(in)
+	}
+	if out > 0 {
+		c.bytesOut.Add(out)
+	}
 }
 
 // maxMarkers bounds the markers kept in one run; later ones are dropped.
