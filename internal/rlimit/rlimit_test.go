@@ -35,6 +35,10 @@ func TestRaiseFilesInChild(t *testing.T) {
 		if !strings.Contains(f.String(), "raised from 64") {
 			t.Fatalf("String() = %q", f.String())
 		}
+		cur, err := CurrentFiles()
+		if err != nil || cur.Soft != l.Max || cur.Hard != l.Max || cur.Before != cur.Soft {
+			t.Fatalf("CurrentFiles() = %+v, %v: want soft = hard = %d", cur, err, l.Max)
+		}
 		again, err := RaiseFiles()
 		if err != nil || again.Before != l.Max || strings.Contains(again.String(), "raised") {
 			t.Fatalf("second RaiseFiles() = %+v, %v: want no change", again, err)

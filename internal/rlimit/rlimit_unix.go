@@ -7,6 +7,15 @@ import (
 	"syscall"
 )
 
+// CurrentFiles returns the open-file limits in force (Before = Soft).
+func CurrentFiles() (Files, error) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return Files{}, fmt.Errorf("read the open-file limit: %w", err)
+	}
+	return Files{Before: l.Cur, Soft: l.Cur, Hard: l.Max}, nil
+}
+
 // RaiseFiles raises the soft open-file limit to the hard one and returns
 // both. When the raise is refused the limits in force are returned with
 // the error, so a caller can still size its bounds on them.
