@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/ambassador"
+	"github.com/mender-mtls/mtls-agent/internal/rlimit"
 )
 
 // ambassadorFlags are the ambassador's settings; every one can also come
@@ -35,6 +36,68 @@ type ambassadorFlags struct {
 	newIdentitiesPerHour          int
 	maxInflightPerCert            int
 	bodyTimeout, upstreamWait     time.Duration
+	conns                         connFlags
+}
+
+// connFlags are the device connection bounds, shared by `simulator
+// ambassador` and `simulator serve --mtls`.
+type connFlags struct {
+	maxConns, maxHandshakes    int
+	handshakeWait, idleTimeout time.Duration
+}
+
+// register adds the connection bound flags to fs; prefix starts their
+// help text ("with --mtls: " for serve).
+func (c *connFlags) register(fs *cmdFlags, prefix string) {
+	fs.IntVar(&c.maxConns, "max-conns", 0, prefix+"`N` device connections served at once; past N a connection is still handshaken but\n"+
+		"every request on it gets 503 with Retry-After and Connection: close, and past N + N/8 (at least 8 more)\n"+
+		"it is reset before the handshake (0 = from the open-file limit: soft limit - 2 x 256 upstream - 128,\n"+
+		"less that margin)")
+	fs.IntVar(&c.maxHandshakes, "max-handshakes", 0, prefix+"`N` TLS handshakes in progress at once; a new connection waits up to\n"+
+		"--handshake-wait for one (0 = "+strconv.Itoa(ambassador.DefaultHandshakesPerCPU)+" x GOMAXPROCS)")
+	fs.DurationVar(&c.handshakeWait, "handshake-wait", ambassador.DefaultHandshakeWait, prefix+"longest `DURATION` a new connection waits for a handshake slot;\n"+
+		"beyond it the connection is closed before the handshake")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", ambassador.DefaultIdleTimeout, prefix+"`DURATION` a kept-alive device connection may sit idle before it is closed")
+}
+
+// check returns one error per bad connection bound flag.
+func (c *connFlags) check() []error {
+	var errs []error
+	if c.maxConns < 0 {
+		errs = append(errs, fmt.Errorf("--max-conns %d: give a positive number, or 0 to derive it from the open-file limit", c.maxConns))
+	}
+	if c.maxHandshakes < 0 {
+		errs = append(errs, fmt.Errorf("--max-handshakes %d: give a positive number, or 0 for the default", c.maxHandshakes))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--handshake-wait", c.handshakeWait}, {"--idle-timeout", c.idleTimeout}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %v: give a positive duration such as 2s, or 0 for the default", d.name, d.v))
+		}
+	}
+	return errs
+}
+
+// apply sets the connection bounds in o.
+func (c *connFlags) apply(o *ambassador.Options) {
+	o.MaxConns, o.MaxHandshakes = c.maxConns, c.maxHandshakes
+	o.HandshakeWait, o.IdleTimeout = c.handshakeWait, c.idleTimeout
+}
+
+// raiseFileLimit raises the open-file soft limit to the hard one before the
+// ambassador is built, as its connection bound follows the soft limit, and
+// logs both. A refused raise is a warning: the ambassador still runs, its
+// bound derived from the limit in force.
+func raiseFileLimit(log *slog.Logger) {
+	f, err := rlimit.RaiseFiles()
+	if err != nil {
+		log.Warn("open-file limit not raised; device connections are bounded by the current limit",
+			"soft", f.Soft, "hard", f.Hard, "err", err)
+		return
+	}
+	log.Info(f.String(), "soft", f.Soft, "hard", f.Hard)
 }
 
 func envOr(getenv func(string) string, key, def string) string {
@@ -88,6 +151,7 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	fs.DurationVar(&f.upstreamWait, "upstream-wait", ambassador.DefaultUpstreamWaitTimeout,
 		"longest `DURATION` a request waits for one of the 256 upstream connections\n"+
 			"(503 with Retry-After beyond)")
+	f.conns.register(fs, "")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -102,6 +166,7 @@ func cmdAmbassador(ctx context.Context, args []string, stdout, stderr io.Writer,
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	opts.Logger = log
+	raiseFileLimit(log)
 	amb, err := ambassador.New(opts)
 	if err != nil {
 		return err
@@ -173,10 +238,11 @@ func (f *ambassadorFlags) options() (ambassador.Options, error) {
 			errs = append(errs, fmt.Errorf("%s %v: give a positive duration such as 10s", d.name, d.v))
 		}
 	}
+	errs = append(errs, f.conns.check()...)
 	if len(errs) > 0 {
 		return ambassador.Options{}, errors.Join(errs...)
 	}
-	return ambassador.Options{
+	o := ambassador.Options{
 		Upstream:                   u,
 		UpstreamCAFile:             f.upstreamCA,
 		UpstreamInsecureSkipVerify: f.upstreamSkipVerify,
@@ -195,7 +261,9 @@ func (f *ambassadorFlags) options() (ambassador.Options, error) {
 		MaxInflightPerCert:         f.maxInflightPerCert,
 		BodyReadTimeout:            f.bodyTimeout,
 		UpstreamWaitTimeout:        f.upstreamWait,
-	}, nil
+	}
+	f.conns.apply(&o)
+	return o, nil
 }
 
 // parseIdentityKeys parses --identity-keys: comma-separated attribute names.
@@ -223,9 +291,10 @@ func parseTLSVersion(s string) (uint16, error) {
 	return 0, fmt.Errorf("--tls-min %q: use 1.2 or 1.3", s)
 }
 
-// runAmbassador serves the ambassador on ln (TLS) and its status on sln
-// until ctx is done; SIGHUP reloads the CA bundle, blacklist and CRLs.
-// Shutdown lets in-flight requests finish (up to 10 s).
+// runAmbassador serves the ambassador on ln (TLS, through amb.Listener and
+// its connection bounds) and its status on sln until ctx is done; SIGHUP
+// reloads the CA bundle, blacklist and CRLs. Shutdown lets in-flight
+// requests finish (up to 10 s).
 func runAmbassador(ctx context.Context, amb *ambassador.Ambassador, ln, sln net.Listener, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -234,7 +303,7 @@ func runAmbassador(ctx context.Context, amb *ambassador.Ambassador, ln, sln net.
 		ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	errc := make(chan error, 3)
 	go func() { errc <- amb.Run(ctx) }()
-	go func() { errc <- ignoreClosed(srv.Serve(tls.NewListener(ln, srv.TLSConfig))) }()
+	go func() { errc <- ignoreClosed(srv.Serve(amb.Listener(ln))) }()
 	go func() { errc <- ignoreClosed(status.Serve(sln)) }()
 
 	hup := make(chan os.Signal, 1)

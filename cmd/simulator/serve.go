@@ -39,6 +39,7 @@ type serveFlags struct {
 	dropRate       float64
 	latency        time.Duration
 	maxUpload      int64
+	conns          connFlags
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -68,8 +69,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&f.dropRate, "drop-rate", 0, "close the connection without an answer on this `FRACTION` (0..1) of device API requests")
 	fs.DurationVar(&f.latency, "latency", 0, "delay every device API request by this `DURATION` (one that gets a --fail-rate or --drop-rate fault gets no delay)")
 	fs.Int64Var(&f.maxUpload, "max-upload-size", fakemender.DefaultMaxArtifactUploadSize, "largest artifact upload in `BYTES`; larger uploads get 413")
+	f.conns.register(fs, "with --mtls: ")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if errs := f.conns.check(); len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	if f.maxUpload <= 0 {
 		return fmt.Errorf("--max-upload-size %d: want a positive number of bytes", f.maxUpload)
@@ -343,7 +348,8 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 	if err != nil {
 		return fmt.Errorf("--backend-listen %s: %w", f.backendListen, err)
 	}
-	amb, err := ambassador.New(ambassador.Options{
+	raiseFileLimit(log)
+	opts := ambassador.Options{
 		Upstream:       &url.URL{Scheme: "https", Host: dialAddr(bln.Addr())},
 		UpstreamCAFile: pk.CACert,
 		User:           f.user,
@@ -356,7 +362,9 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		BindIdentity:   binds,
 		IdentityKeys:   keys,
 		Logger:         log.With("component", "ambassador"),
-	})
+	}
+	f.conns.apply(&opts)
+	amb, err := ambassador.New(opts)
 	if err != nil {
 		bln.Close()
 		return err

@@ -6,10 +6,12 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -270,4 +272,68 @@ func TestServeArtifactDirAndUploadLimit(t *testing.T) {
 	id := strings.TrimPrefix(resp.Header.Get("Location"), "/api/management/v1/deployments/artifacts/")
 	assert.FileExists(t, filepath.Join(dir, "artifacts", id+".mender"))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, upload(30000).StatusCode)
+}
+
+// serve --mtls serves the ambassador through its connection-bounding
+// listener, with the bounds given on the command line.
+func TestServeMTLSConnectionBounds(t *testing.T) {
+	out := startServeCmd(t, "--dir", t.TempDir(), "--listen", "127.0.0.1:0", "--state", "none", "--mtls",
+		"--status-listen", "127.0.0.1:0", "--max-conns", "3", "--max-handshakes", "2",
+		"--handshake-wait", "750ms", "--idle-timeout", "90s")
+	statusURL := regexp.MustCompile(`status:\s+(http://\S+/status)`).FindStringSubmatch(out)
+	require.NotNil(t, statusURL, out)
+	devURL := regexp.MustCompile(`URL:\s+https://(\S+)`).FindStringSubmatch(out)
+	require.NotNil(t, devURL, out)
+	_, port, err := net.SplitHostPort(devURL[1])
+	require.NoError(t, err)
+
+	type limits struct {
+		MaxConns      int64   `json:"max_conns"`
+		ConnCeiling   int64   `json:"conn_ceiling"`
+		OpenConns     int64   `json:"open_conns"`
+		MaxHandshakes int     `json:"max_handshakes"`
+		Handshaking   int64   `json:"handshakes_in_progress"`
+		FilesSoft     uint64  `json:"files_soft"`
+		IdleTimeoutS  float64 `json:"idle_timeout_s"`
+	}
+	get := func() limits {
+		resp, err := http.Get(statusURL[1])
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var b struct {
+			Limits limits `json:"limits"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&b))
+		return b.Limits
+	}
+	l := get()
+	assert.Equal(t, int64(3), l.MaxConns)
+	assert.Equal(t, int64(11), l.ConnCeiling, "3 + 8")
+	assert.Equal(t, 2, l.MaxHandshakes)
+	assert.Equal(t, 90.0, l.IdleTimeoutS)
+	assert.NotZero(t, l.FilesSoft)
+
+	// A client that never sends its ClientHello is counted by the listener.
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", port), 5*time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	require.Eventually(t, func() bool { l := get(); return l.OpenConns == 1 && l.Handshaking == 1 },
+		5*time.Second, 10*time.Millisecond, "the device listener bounds connections")
+
+	resp, err := http.Get(strings.TrimSuffix(statusURL[1], "/status") + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	text, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, want := range []string{"mtls_connections_max 3\n", "mtls_open_connections 1\n", "\ngo_goroutines ", "\nprocess_open_fds "} {
+		assert.Contains(t, string(text), want)
+	}
+}
+
+func TestServeConnectionBoundFlagErrors(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := cmdServe(t.Context(), []string{"--dir", t.TempDir(), "--max-conns", "-1", "--idle-timeout", "-5s"}, &out, &errb)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--max-conns -1")
+	assert.Contains(t, err.Error(), "--idle-timeout -5s")
 }

@@ -27,8 +27,15 @@
 // set, never for a rejected one) and the request is forwarded once more.
 // The management token is obtained in the background, refreshed before it
 // expires and on 401, and never logged. Errors are Mender JSON errors with
-// request ids; [Ambassador.StatusHandler] serves readiness and Prometheus
-// metrics.
+// request ids; [Ambassador.StatusHandler] serves readiness, the connection
+// limits and Prometheus metrics (client_golang, one registry per
+// Ambassador).
+//
+// [Ambassador.Listener] sheds overload instead of collapsing: it bounds the
+// open device connections (past Options.MaxConns requests get 503 with
+// Retry-After; past a hard ceiling connections are reset before their
+// handshake) and the TLS handshakes in progress, and backs off when accept
+// fails (EMFILE).
 //
 // Protocol upgrades are refused (400) except a websocket upgrade of GET
 // /api/devices/v1/deviceconnect/connect; such a tunnel is closed when a
@@ -51,6 +58,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -173,6 +181,25 @@ type Options struct {
 	// beyond it requests get 429 with Retry-After.
 	// 0 = DefaultMaxInflightPerCert; negative = no limit.
 	MaxInflightPerCert int
+	// MaxConns bounds the device connections open at once. A connection
+	// accepted while MaxConns are open is still handshaken, but every
+	// request on it is answered 503 with Retry-After and Connection: close,
+	// so the device's own backoff spreads a herd out; beyond a hard ceiling
+	// (MaxConns plus an eighth, at least 8 more) a connection is reset
+	// before its handshake. 0 = derived from the open-file soft limit (see
+	// [DeriveMaxConns]); negative is refused.
+	MaxConns int
+	// MaxHandshakes bounds the TLS handshakes in progress at once; a new
+	// connection waits up to HandshakeWait for a slot and is then closed
+	// before its handshake. 0 = DefaultHandshakesPerCPU x GOMAXPROCS;
+	// negative is refused.
+	MaxHandshakes int
+	// HandshakeWait is how long a new connection waits for a handshake slot
+	// (see MaxHandshakes). 0 = DefaultHandshakeWait.
+	HandshakeWait time.Duration
+	// IdleTimeout is how long a kept-alive device connection may sit idle
+	// between requests before the server closes it. 0 = DefaultIdleTimeout.
+	IdleTimeout time.Duration
 	// PreauthCacheTTL is how long a successful preauthorization of an
 	// (identity, key) pair is remembered, so re-authentication of the same
 	// device skips the preauthorization call. 0 = DefaultPreauthCacheTTL.
@@ -221,6 +248,9 @@ type Ambassador struct {
 	stats   stats
 	running atomic.Bool
 
+	conns            *connLimits   // device connection and handshake bounds, shared by every Listener
+	handshakeTimeout time.Duration // deadline of one TLS handshake; serverReadHeaderTimeout, lowered by tests
+
 	upgrades     upgradeRegistry // websocket connections hijacked by the proxy
 	handshakeLog logLimiter      // handshake failure log lines, by reason
 }
@@ -241,8 +271,14 @@ func New(opts Options) (*Ambassador, error) {
 		cache:        newPreauthCache(opts.PreauthCacheTTL, opts.PreauthCacheSize),
 		policy:       newIdentityPolicy(opts.BindIdentity, opts.IdentityKeys),
 		certIDs:      newCertIdentities(opts.NewIdentitiesPerHour),
-		metrics:      newMetrics(),
+
+		handshakeTimeout: serverReadHeaderTimeout,
 	}
+	a.conns = newConnLimits(opts)
+	a.metrics = newMetrics(a.conns)
+	a.log.Info("device connection bounds", "max_conns", a.conns.max, "conn_ceiling", a.conns.ceiling,
+		"max_handshakes", cap(a.conns.slots), "handshake_wait", opts.HandshakeWait, "idle_timeout", opts.IdleTimeout,
+		"files_soft", a.conns.filesSoft, "files_hard", a.conns.filesHard)
 	if opts.AllowSeparateAuthKey {
 		a.log.Warn("auth keys that differ from the certificate key are accepted (AllowSeparateAuthKey): an auth request " +
 			"then proves only that the device holds some key, not the certificate's")
@@ -370,6 +406,18 @@ func validateOptions(o *Options) error {
 	}
 	if o.UpstreamMaxConns == 0 {
 		o.UpstreamMaxConns = DefaultUpstreamMaxConns
+	}
+	if o.MaxConns < 0 || o.MaxHandshakes < 0 || o.HandshakeWait < 0 || o.IdleTimeout < 0 {
+		bad("MaxConns, MaxHandshakes, HandshakeWait and IdleTimeout must not be negative; 0 picks the default")
+	}
+	if o.HandshakeWait == 0 {
+		o.HandshakeWait = DefaultHandshakeWait
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.MaxHandshakes == 0 {
+		o.MaxHandshakes = DefaultHandshakesPerCPU * runtime.GOMAXPROCS(0)
 	}
 	if o.MaxInflightPerCert == 0 {
 		o.MaxInflightPerCert = DefaultMaxInflightPerCert
@@ -520,6 +568,11 @@ type Stats struct {
 	UpstreamBusy      uint64 // upstream calls that found no free slot within UpstreamWaitTimeout (503 to a device, or a failed management call)
 	BodyTimeouts      uint64 // request bodies not received within BodyReadTimeout (408)
 	BodiesTooLarge    uint64 // request bodies over 1 MiB (413)
+
+	ConnLimitRefused    uint64 // requests answered 503 on connections accepted past MaxConns
+	ConnCeilingClosed   uint64 // connections reset before the handshake at the connection ceiling
+	HandshakeWaitClosed uint64 // connections closed before the handshake: no handshake slot within HandshakeWait
+	AcceptErrors        uint64 // failed accepts of device connections (EMFILE, ...), each followed by a backoff
 }
 
 type stats struct {
@@ -544,6 +597,8 @@ func (a *Ambassador) Stats() Stats {
 		Upgrades: s.upgrades.Load(), UpgradesRefused: s.upgradesRefused.Load(), UpgradesClosed: s.upgradesClosed.Load(),
 		InflightRefused: s.inflightRefused.Load(), UpstreamBusy: s.upstreamBusy.Load(),
 		BodyTimeouts: s.bodyTimeouts.Load(), BodiesTooLarge: s.bodiesTooLarge.Load(),
+		ConnLimitRefused: a.conns.shed.Load(), ConnCeilingClosed: a.conns.overCeiling.Load(),
+		HandshakeWaitClosed: a.conns.handshakeWait.Load(), AcceptErrors: a.conns.acceptErrors.Load(),
 	}
 }
 

@@ -73,7 +73,7 @@ func TestAuthHappyPathPerKeyType(t *testing.T) {
 			assert.Equal(t, http.StatusOK, a.status)
 			assert.Equal(t, menderapi.PathNextV1, e.up.lastDevice().Path)
 			assert.Equal(t, int32(1), d.dials.Load(), "both requests share one kept-alive connection")
-			assert.Equal(t, uint64(1), e.amb.metrics.authRequests.get(outcomeForwarded))
+			assert.Equal(t, uint64(1), counterValue(e.amb.metrics.authRequests, outcomeForwarded))
 		})
 	}
 }
@@ -295,7 +295,7 @@ func TestAttackerGetsNothingUpstream(t *testing.T) {
 			assert.Equal(t, before.preauths, after.preauths, "no preauthorization may be made")
 			if tt.wantStatus == 0 {
 				require.Error(t, err, "the TLS handshake must fail (got status %d)", a.status)
-				assert.Eventually(t, func() bool { return e.amb.metrics.handshakeFailures.get(tt.wantReason) == 1 },
+				assert.Eventually(t, func() bool { return counterValue(e.amb.metrics.handshakeFailures, tt.wantReason) == 1 },
 					5*time.Second, 5*time.Millisecond, "handshake failure counted with reason %q", tt.wantReason)
 				return
 			}
@@ -317,7 +317,7 @@ func TestOversizedChunkedBody(t *testing.T) {
 	e.amb.Handler().ServeHTTP(rec, r)
 	assert.Equal(t, http.StatusRequestEntityTooLarge, rec.Code)
 	assert.Zero(t, e.up.counts().device, "nothing forwarded")
-	assert.Equal(t, uint64(1), e.amb.metrics.authRequests.get(outcomeTooLarge))
+	assert.Equal(t, uint64(1), counterValue(e.amb.metrics.authRequests, outcomeTooLarge))
 }
 
 func TestBlacklistedWhileConnected(t *testing.T) {
@@ -465,7 +465,7 @@ func TestPreauthOutcomes(t *testing.T) {
 			if !tt.wantForwarded {
 				assertJSONError(t, a, tt.wantStatus, "preauthorization failed")
 				assert.Zero(t, e.up.counts().auths, "nothing forwarded after a failed preauthorization")
-				assert.Equal(t, uint64(1), e.amb.metrics.authRequests.get(outcomePreauthFailed))
+				assert.Equal(t, uint64(1), counterValue(e.amb.metrics.authRequests, outcomePreauthFailed))
 				return
 			}
 			assert.Equal(t, tt.wantStatus, a.status, "body %s", a.body)
@@ -536,7 +536,7 @@ func TestUpstreamDown(t *testing.T) {
 	require.NoError(t, err)
 	assertJSONError(t, a, http.StatusBadGateway, "upstream unavailable")
 	assert.NotContains(t, string(a.body), e.upSrv.Listener.Addr().String(), "no upstream address leaks to devices")
-	assert.Equal(t, uint64(1), e.amb.metrics.authRequests.get(outcomePreauthFailed))
+	assert.Equal(t, uint64(1), counterValue(e.amb.metrics.authRequests, outcomePreauthFailed))
 
 	code, body := status(t, e.amb)
 	assert.Equal(t, http.StatusServiceUnavailable, code)
@@ -589,7 +589,8 @@ func TestStatusAndMetricsAfterTraffic(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	require.Eventually(t, func() bool { c, _ := status(t, e.amb); return c == http.StatusOK }, 5*time.Second, 5*time.Millisecond)
 	_, body := status(t, e.amb)
-	assert.Equal(t, statusBody{Status: "ready"}, body)
+	assert.Equal(t, "ready", body.Status)
+	assert.Empty(t, body.Reason)
 
 	d := e.newDevice(leafOpts{cn: "dev"})
 	a, err := e.auth(d, testIDData)

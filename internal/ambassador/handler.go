@@ -58,8 +58,10 @@ const devicesPrefix = "/api/devices/"
 // within BodyReadTimeout, else 408) before an upstream connection is taken;
 // a certificate with MaxInflightPerCert requests in flight gets 429, and a
 // request that finds no upstream connection free within UpstreamWaitTimeout
-// gets 503, both with Retry-After. Serve it with [Ambassador.Server], which
-// adds the server-side timeouts.
+// gets 503, both with Retry-After. Serve it with [Ambassador.Server] and
+// [Ambassador.Listener], which add the server-side timeouts and the
+// connection bounds: requests on a connection accepted past MaxConns get 503
+// with Retry-After and Connection: close.
 func (a *Ambassador) Handler() http.Handler { return http.HandlerFunc(a.serveHTTP) }
 
 func (a *Ambassador) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -97,6 +99,14 @@ func (a *Ambassador) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			"duration", time.Since(start), "remote", r.RemoteAddr, "serial", serial)
 	}()
 
+	if shedding(r.Context()) { // the connection came past MaxConns
+		a.conns.shed.Add(1)
+		a.metrics.connRefusals.WithLabelValues(refusalConnLimit).Inc()
+		a.drainBody(sw, r, false)
+		sw.Header().Set("Connection", "close")
+		a.rejectRetry(sw, http.StatusServiceUnavailable, "the ambassador holds its maximum of device connections; retry later", rid)
+		return
+	}
 	if _, err := a.checkPeer(a.trust.Load(), certs, chains); err != nil {
 		a.refuse(sw, r, http.StatusForbidden, err.Error(), rid)
 		return
@@ -307,7 +317,7 @@ func (a *Ambassador) forward(w http.ResponseWriter, r *http.Request) {
 	a.stats.forwarded.Add(1)
 	start := time.Now()
 	a.proxy.ServeHTTP(w, r)
-	a.metrics.upstreamDuration.observe(time.Since(start).Seconds())
+	a.metrics.upstreamDuration.Observe(time.Since(start).Seconds())
 }
 
 func (a *Ambassador) reject(w http.ResponseWriter, status int, msg, rid string) {

@@ -31,6 +31,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -582,4 +584,9 @@ func newOfflineAmbassador(t testing.TB, up *fakeUpstream, mutate func(o *Options
 	a, err := New(o)
 	require.NoError(t, err)
 	return a
+}
+
+// counterValue returns the value of the series of c with the label value v.
+func counterValue(c *prometheus.CounterVec, v string) uint64 {
+	return uint64(testutil.ToFloat64(c.WithLabelValues(v)))
 }

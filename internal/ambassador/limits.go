@@ -29,11 +29,9 @@ const (
 	DefaultMaxInflightPerCert  = 8
 )
 
-// Device-facing server timeouts that are not configurable.
-const (
-	serverReadHeaderTimeout = 10 * time.Second
-	serverIdleTimeout       = 5 * time.Minute
-)
+// serverReadHeaderTimeout bounds a device's TLS handshake and the headers
+// of each request; not configurable.
+const serverReadHeaderTimeout = 10 * time.Second
 
 // drainLimit bounds how much of a refused request body is read and dropped
 // before the answer, so that a client still sending reads the answer instead
@@ -64,9 +62,12 @@ func limitReasons() []string {
 var errUpstreamBusy = errors.New("all upstream connections are busy")
 
 // Server returns the device-facing http.Server: Handler, TLSConfig and
-// ErrorLog of a, a 10 s ReadHeaderTimeout, a 5 min IdleTimeout and a
-// ReadTimeout of ReadHeaderTimeout + BodyReadTimeout. Serve it with
-// srv.Serve(tls.NewListener(ln, srv.TLSConfig)).
+// ErrorLog of a, a 10 s ReadHeaderTimeout, Options.IdleTimeout, a
+// ReadTimeout of ReadHeaderTimeout + BodyReadTimeout and the ConnContext
+// that lets requests on connections accepted past MaxConns be answered 503.
+// Serve it with srv.Serve(a.Listener(ln)), which enforces the connection and
+// handshake bounds; srv.Serve(tls.NewListener(ln, srv.TLSConfig)) works but
+// bounds nothing.
 //
 // The ReadTimeout is a backstop for bodies the handler leaves unread; the
 // handler reads every body it uses under its own BodyReadTimeout deadline,
@@ -81,7 +82,8 @@ func (a *Ambassador) Server() *http.Server {
 		ErrorLog:          a.ErrorLog(), // counts TLS handshake failures by reason
 		ReadHeaderTimeout: serverReadHeaderTimeout,
 		ReadTimeout:       serverReadHeaderTimeout + a.opts.BodyReadTimeout,
-		IdleTimeout:       serverIdleTimeout,
+		IdleTimeout:       a.opts.IdleTimeout,
+		ConnContext:       a.connContext,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
+	"github.com/mender-mtls/mtls-agent/internal/rlimit"
 )
 
 // serveReal serves e.amb with the http.Server built by Server, on a real
@@ -32,7 +34,7 @@ func serveReal(t *testing.T, e *env) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+		_ = srv.Serve(e.amb.Listener(ln))
 	}()
 	t.Cleanup(func() {
 		_ = srv.Close() // closes active connections too, so the upstream's handlers can finish
@@ -483,7 +485,23 @@ func TestLimitOptions(t *testing.T) {
 	assert.NotNil(t, srv.ErrorLog)
 	assert.Equal(t, serverReadHeaderTimeout, srv.ReadHeaderTimeout)
 	assert.Equal(t, serverReadHeaderTimeout+DefaultBodyReadTimeout, srv.ReadTimeout)
-	assert.Equal(t, serverIdleTimeout, srv.IdleTimeout)
+	assert.Equal(t, DefaultIdleTimeout, srv.IdleTimeout)
+	assert.NotNil(t, srv.ConnContext, "requests on connections past MaxConns are told apart by ConnContext")
+	assert.Equal(t, DefaultHandshakesPerCPU*runtime.GOMAXPROCS(0), cap(a.conns.slots))
+	assert.Equal(t, DefaultHandshakeWait, a.conns.wait)
+	files, err := rlimit.CurrentFiles()
+	require.NoError(t, err)
+	assert.Equal(t, int64(DeriveMaxConns(files.Soft, DefaultUpstreamMaxConns)), a.conns.max, "MaxConns 0 is derived from the soft limit")
+	assert.Equal(t, int64(connCeiling(int(a.conns.max))), a.conns.ceiling)
+
+	custom := newOfflineAmbassador(t, newFakeUpstream(), func(o *Options) {
+		o.MaxConns, o.MaxHandshakes, o.HandshakeWait, o.IdleTimeout = 100, 3, time.Second, 5*time.Second
+	})
+	assert.Equal(t, int64(100), custom.conns.max)
+	assert.Equal(t, int64(112), custom.conns.ceiling, "an eighth more")
+	assert.Equal(t, 3, cap(custom.conns.slots))
+	assert.Equal(t, time.Second, custom.conns.wait)
+	assert.Equal(t, 5*time.Second, custom.Server().IdleTimeout)
 	assert.Zero(t, srv.WriteTimeout, "a WriteTimeout would cut long downloads")
 
 	unlimited := newOfflineAmbassador(t, newFakeUpstream(), func(o *Options) { o.MaxInflightPerCert = -1 })
@@ -495,6 +513,10 @@ func TestLimitOptions(t *testing.T) {
 		"BodyReadTimeout":     func(o *Options) { o.BodyReadTimeout = -time.Second },
 		"UpstreamWaitTimeout": func(o *Options) { o.UpstreamWaitTimeout = -time.Second },
 		"UpstreamMaxConns":    func(o *Options) { o.UpstreamMaxConns = -1 },
+		"MaxConns":            func(o *Options) { o.MaxConns = -1 },
+		"MaxHandshakes":       func(o *Options) { o.MaxHandshakes = -1 },
+		"HandshakeWait":       func(o *Options) { o.HandshakeWait = -time.Second },
+		"IdleTimeout":         func(o *Options) { o.IdleTimeout = -time.Second },
 	} {
 		t.Run(name, func(t *testing.T) {
 			o := Options{Upstream: mustURL(t, "http://mender.invalid"), User: "u", Password: "p",

@@ -422,7 +422,7 @@ func (a *Ambassador) postPreauth(ctx context.Context, tok string, body []byte, r
 	a.stats.preauths.Add(1)
 	start := time.Now()
 	resp, err := a.mgmtClient.Do(req)
-	a.metrics.preauthDuration.observe(time.Since(start).Seconds())
+	a.metrics.preauthDuration.Observe(time.Since(start).Seconds())
 	if errors.Is(err, errUpstreamBusy) {
 		return 0, nil, err // our own pool limit: the upstream is not down
 	}

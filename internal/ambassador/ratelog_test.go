@@ -112,7 +112,7 @@ func TestHandshakeFailureLogsAreRateLimited(t *testing.T) {
 				tt.fail(a, cfg)
 				clock.advance(time.Millisecond)
 			}
-			assert.Equal(t, uint64(100), a.metrics.handshakeFailures.get(tt.reason), "the metric counts every failure")
+			assert.Equal(t, uint64(100), counterValue(a.metrics.handshakeFailures, tt.reason), "the metric counts every failure")
 			assert.Equal(t, uint64(100), a.Stats().HandshakeFailures, "the stats count every failure")
 			lines := rec.lines(t, slog.LevelInfo, tt.msg)
 			require.NotEmpty(t, lines, "the first failure is logged at once")
@@ -132,7 +132,7 @@ func TestHandshakeFailureLogsAreRateLimited(t *testing.T) {
 				total += 1 + suppressedOf(l)
 			}
 			assert.Equal(t, 101, total, "logged lines plus reported suppressed lines account for every failure")
-			assert.Equal(t, uint64(101), a.metrics.handshakeFailures.get(tt.reason))
+			assert.Equal(t, uint64(101), counterValue(a.metrics.handshakeFailures, tt.reason))
 		})
 	}
 }

@@ -10,8 +10,49 @@ import (
 
 // statusBody is the JSON answer of GET /status.
 type statusBody struct {
-	Status string `json:"status"`
-	Reason string `json:"reason,omitempty"`
+	Status string     `json:"status"`
+	Reason string     `json:"reason,omitempty"`
+	Limits limitsBody `json:"limits"`
+}
+
+// limitsBody reports the connection bounds and how often they refused.
+type limitsBody struct {
+	MaxConns             int64       `json:"max_conns"`
+	ConnCeiling          int64       `json:"conn_ceiling"`
+	OpenConns            int64       `json:"open_conns"`
+	MaxHandshakes        int         `json:"max_handshakes"`
+	HandshakesInProgress int64       `json:"handshakes_in_progress"`
+	FilesSoft            uint64      `json:"files_soft"`
+	FilesHard            uint64      `json:"files_hard"`
+	Refused              refusedBody `json:"refused"`
+	IdleTimeoutS         float64     `json:"idle_timeout_s"`
+}
+
+// refusedBody counts the connections refused by each bound since New.
+type refusedBody struct {
+	ConnLimit503        uint64 `json:"conn_limit_503"`
+	ConnCeilingClosed   uint64 `json:"conn_ceiling_closed"`
+	HandshakeWaitClosed uint64 `json:"handshake_wait_closed"`
+	AcceptErrors        uint64 `json:"accept_errors"`
+}
+
+func (l *connLimits) status() limitsBody {
+	return limitsBody{
+		MaxConns:             l.max,
+		ConnCeiling:          l.ceiling,
+		OpenConns:            l.open.Load(),
+		MaxHandshakes:        cap(l.slots),
+		HandshakesInProgress: l.handshaking.Load(),
+		FilesSoft:            l.filesSoft,
+		FilesHard:            l.filesHard,
+		Refused: refusedBody{
+			ConnLimit503:        l.shed.Load(),
+			ConnCeilingClosed:   l.overCeiling.Load(),
+			HandshakeWaitClosed: l.handshakeWait.Load(),
+			AcceptErrors:        l.acceptErrors.Load(),
+		},
+		IdleTimeoutS: l.idle.Seconds(),
+	}
 }
 
 // StatusHandler returns the probe handler, meant for a separate plain-HTTP
@@ -19,15 +60,18 @@ type statusBody struct {
 //
 //   - GET /status answers 200 {"status":"ready"} when the ambassador holds an
 //     unexpired management token and the upstream answered its last call, and
-//     503 {"status":"not_ready","reason":"..."} otherwise;
-//   - GET /metrics serves the Prometheus text exposition format.
+//     503 {"status":"not_ready","reason":"..."} otherwise; both carry a
+//     "limits" object with the connection bounds, the connections and
+//     handshakes open, the open-file limits and the refusal counts;
+//   - GET /metrics serves the Prometheus exposition format (client_golang),
+//     Go runtime and process metrics included.
 func (a *Ambassador) StatusHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		body := statusBody{Status: "ready"}
+		body := statusBody{Status: "ready", Limits: a.conns.status()}
 		code := http.StatusOK
 		if reason := a.notReadyReason(); reason != "" {
-			body = statusBody{Status: "not_ready", Reason: reason}
+			body.Status, body.Reason = "not_ready", reason
 			code = http.StatusServiceUnavailable
 		}
 		w.Header().Set(menderapi.HeaderContentType, menderapi.ContentTypeJSON)
@@ -35,10 +79,7 @@ func (a *Ambassador) StatusHandler() http.Handler {
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(body)
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set(menderapi.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
-		_ = a.metrics.write(w)
-	})
+	mux.Handle("GET /metrics", a.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found: use GET /status or GET /metrics", "")
 	})

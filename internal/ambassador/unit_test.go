@@ -1,11 +1,12 @@
 package ambassador
 
 import (
-	"bytes"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -69,8 +70,8 @@ func TestErrorLogCounting(t *testing.T) {
 	l.Print("http: TLS handshake error from 127.0.0.1:1: tls: client didn't provide a certificate")
 	l.Print("http: TLS handshake error from 127.0.0.1:1: " + ownRejectionMarker + ": client certificate revoked")
 	l.Print("http: superfluous response.WriteHeader call")
-	assert.Equal(t, uint64(1), a.metrics.handshakeFailures.get(reasonNoCertificate))
-	assert.Equal(t, uint64(0), a.metrics.handshakeFailures.get(reasonRevoked), "own rejections are counted where they happen")
+	assert.Equal(t, uint64(1), counterValue(a.metrics.handshakeFailures, reasonNoCertificate))
+	assert.Equal(t, uint64(0), counterValue(a.metrics.handshakeFailures, reasonRevoked), "own rejections are counted where they happen")
 	assert.Equal(t, uint64(1), a.Stats().HandshakeFailures, "only the crypto/tls failure is counted")
 }
 
@@ -167,20 +168,22 @@ func TestBindingCheck(t *testing.T) {
 }
 
 func TestMetricsExposition(t *testing.T) {
-	m := newMetrics()
+	m := newMetrics(&connLimits{max: 7, slots: make(chan struct{}, 1)})
 	m.request(200)
 	m.request(200)
 	m.request(403)
 	m.handshakeFailure(reasonRevoked)
-	m.authRequests.inc("we\"ird\\la\nbel")
+	m.authRequests.WithLabelValues("we\"ird\\la\nbel").Inc()
 	sum := 0.0
 	for _, v := range []float64{0.005, 0.3, 100} { // 0.005 lands in le="0.005": le is inclusive
-		m.preauthDuration.observe(v)
+		m.preauthDuration.Observe(v)
 		sum += v
 	}
-	var buf bytes.Buffer
-	require.NoError(t, m.write(&buf))
-	out := buf.String()
+	rec := httptest.NewRecorder()
+	m.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	assert.Contains(t, rec.Header().Get("Content-Type"), "text/plain; version=0.0.4", "the text format without an Accept header")
+	out := rec.Body.String()
 
 	for _, want := range []string{
 		"# HELP mtls_requests_total Device requests answered, by HTTP status code.\n# TYPE mtls_requests_total counter\n" +
@@ -193,12 +196,20 @@ func TestMetricsExposition(t *testing.T) {
 			"mtls_preauth_duration_seconds_bucket{le=\"0.01\"} 1\n",
 		"mtls_preauth_duration_seconds_bucket{le=\"0.25\"} 1\nmtls_preauth_duration_seconds_bucket{le=\"0.5\"} 2\n",
 		"mtls_preauth_duration_seconds_bucket{le=\"60\"} 2\nmtls_preauth_duration_seconds_bucket{le=\"+Inf\"} 3\n" +
-			"mtls_preauth_duration_seconds_sum " + formatFloat(sum) + "\nmtls_preauth_duration_seconds_count 3\n",
+			"mtls_preauth_duration_seconds_sum " + strconv.FormatFloat(sum, 'g', -1, 64) + "\nmtls_preauth_duration_seconds_count 3\n",
 		"mtls_upstream_duration_seconds_bucket{le=\"+Inf\"} 0\nmtls_upstream_duration_seconds_sum 0\nmtls_upstream_duration_seconds_count 0\n",
+		"# TYPE mtls_connections_max gauge\nmtls_connections_max 7\n",
+		`mtls_connection_refusals_total{reason="conn_ceiling"} 0` + "\n",
+		"mtls_accept_errors_total 0\n",
+		"\ngo_goroutines ",
+		"\nprocess_open_fds ",
 	} {
 		assert.Contains(t, out, want)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.Contains(line, "mtls_") {
+			continue // the Go runtime and process collectors
+		}
 		if strings.HasPrefix(line, "#") {
 			assert.Regexp(t, `^# (HELP|TYPE) mtls_[a-z_]+ `, line)
 			continue

@@ -193,7 +193,7 @@ func TestWebsocketUpgradeIsProxied(t *testing.T) {
 	assert.Equal(t, http.StatusOK, a.status, "plain requests still work; body %s", a.body)
 
 	require.NoError(t, c.conn.Close())
-	require.Eventually(t, func() bool { return e.amb.metrics.requests.get("101") == 1 }, 2*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return counterValue(e.amb.metrics.requests, "101") == 1 }, 2*time.Second, 5*time.Millisecond,
 		"the upgrade is counted as 101 once the device closes the tunnel")
 	assert.Zero(t, e.amb.Stats().UpgradesClosed, "a tunnel the device closed is not counted as closed by the ambassador")
 }
@@ -317,7 +317,7 @@ func TestUpgradedConnectionClosedOnRevocation(t *testing.T) {
 			assert.Equal(t, "still here", got)
 
 			assert.Equal(t, uint64(1), e.amb.Stats().UpgradesClosed)
-			assert.Equal(t, uint64(1), e.amb.metrics.upgradesClosed.get(tt.wantReason))
+			assert.Equal(t, uint64(1), counterValue(e.amb.metrics.upgradesClosed, tt.wantReason))
 			lines := rec.lines(t, slog.LevelInfo, "upgraded connection closed")
 			require.Len(t, lines, 1, "one info line for the closed tunnel")
 			assert.Equal(t, serialKey(victim.cert.SerialNumber), lines[0]["serial"])
@@ -359,7 +359,7 @@ func TestUpgradeRevokedWhileTheUpstreamAnswers(t *testing.T) {
 	var ne net.Error
 	assert.False(t, errors.As(err, &ne) && ne.Timeout(), "the connection is closed, not left hanging: %v", err)
 	assert.NotContains(t, err.Error(), "got ", "no 101 reaches the device")
-	assert.Equal(t, uint64(1), e.amb.metrics.upgradesClosed.get(reasonRevoked))
+	assert.Equal(t, uint64(1), counterValue(e.amb.metrics.upgradesClosed, reasonRevoked))
 	assert.Zero(t, e.amb.Stats().Upgrades, "no tunnel was opened")
 }
 
@@ -377,7 +377,7 @@ func TestUpgradedConnectionClosedAtCertificateExpiry(t *testing.T) {
 
 	c.requireClosed(4*time.Second, "after the certificate expired")
 	assert.False(t, time.Now().Before(d.cert.NotAfter), "closed at expiry (%s), not before", d.cert.NotAfter)
-	assert.Equal(t, uint64(1), e.amb.metrics.upgradesClosed.get(reasonNotValidNow))
+	assert.Equal(t, uint64(1), counterValue(e.amb.metrics.upgradesClosed, reasonNotValidNow))
 }
 
 // TestUpgradeRefused: only a websocket upgrade of GET deviceconnect is

@@ -15,7 +15,23 @@
 //     divided by the direct rates, measured in one run;
 //   - BenchmarkAgentFootprint: the stripped agent's size per board and its
 //     RSS after a minute of polling (the binaries of `make build cross`,
-//     BENCH_BIN).
+//     BENCH_BIN);
+//   - BenchmarkCryptoBound: the cryptographic work of admitting one device
+//     (TLS 1.3 handshake with client certificate, auth request signature
+//     and its two verifications, JWT issue and verification) on every
+//     core: the admissions per second this machine allows, and each
+//     part's CPU time;
+//   - BenchmarkStormVsCryptoBound: 10,000 fresh devices started at once
+//     (`simulator run --ramp 0` against `simulator serve --mtls`, separate
+//     processes) as a ratio of the crypto bound measured in the same run;
+//   - BenchmarkAmbassadorVsNginx: polls per second from the same devices
+//     direct, through the ambassador and through nginx as an
+//     mTLS-terminating proxy with the same certificates and backend;
+//   - BenchmarkReconnectStorm: how long 10,000 connected devices take to
+//     poll again after every connection is cut at once;
+//   - BenchmarkFleet100k: 100,000 devices started at once from one
+//     simulator: time until all are accepted, errors and retries, RSS per
+//     device at production intervals, the ambassador's refusals.
 //
 // The fleet benchmarks run the backend and the ambassador in a child
 // process (this test binary re-executed), so the memory figures are the
@@ -130,9 +146,9 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 		bsrv.Close()
 		return nil, err
 	}
-	asrv := &http.Server{Handler: amb.Handler(), TLSConfig: amb.TLSConfig(), ErrorLog: quiet,
-		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute}
-	go func() { _ = asrv.Serve(tls.NewListener(aln, asrv.TLSConfig)) }()
+	asrv := amb.Server() // the connection and handshake bounds of a real ambassador
+	asrv.ErrorLog = quiet
+	go func() { _ = asrv.Serve(amb.Listener(aln)) }()
 	status := amb.StatusHandler()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		rec := &statusRecorder{}
