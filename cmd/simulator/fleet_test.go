@@ -337,3 +337,75 @@ func TestDemoDefaultsAndKeep(t *testing.T) {
 		}
 	}
 }
+
+// TestRunConnectionFlags runs with the connection flags of issue 15: the
+// run raises and prints its open-file limit and its connection cap, and
+// a reconnect storm shows in the report.
+func TestRunConnectionFlags(t *testing.T) {
+	dir := t.TempDir()
+	env := startServers(t, filepath.Join(dir, "pki"))
+	report := filepath.Join(dir, "r.json")
+	args := []string{"--server", env.url, "--pki-dir", filepath.Join(dir, "pki"), "--count", "10",
+		"--duration", "0", "--poll", "1h", "--inventory", "1h", "--retry-poll", "1s",
+		"--source-ips", "127.0.0.2-127.0.0.3", "--max-conns", "5", "--arrival-rate", "50/s",
+		"--keep-alive", "--reconnect-storm", "2s", "--report", report}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errb syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- cmdRun(ctx, args, &out, &errb) }()
+	require.Eventually(t, func() bool { return acceptedDevices(env) == 10 }, 30*time.Second, 20*time.Millisecond)
+	time.Sleep(4 * time.Second) // past the storm, time to poll again
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "stderr: %s", errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not stop after Ctrl-C")
+	}
+	stdout := out.String()
+	assert.Contains(t, stdout, "open-file limit")
+	assert.Contains(t, stdout, "capping open connections at 5 (open-file limit ")
+	assert.Contains(t, stdout, ", 2 source addresses)")
+	m := readJSONReport(t, report)
+	storm, ok := m["storm"].(map[string]any)
+	require.True(t, ok, "the report has the storm: %v", m["storm"])
+	assert.Equal(t, float64(10), storm["devices"])
+	assert.Equal(t, float64(10), storm["recovered"])
+	assert.Contains(t, storm, "recovery_s")
+}
+
+// TestRunConnectionFlagErrors checks that a bad connection or arrival
+// flag is one line on stderr and exit status 2.
+func TestRunConnectionFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"run", "--server", "https://127.0.0.1:8443", "--count", "1", "--pki-dir", dir}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"source range", []string{"--source-ips", "127.0.0.9-127.0.0.2"}, "--source-ips"},
+		{"source not an address", []string{"--source-ips", "lo"}, "not an IP address"},
+		{"source not loopback", []string{"--source-ips", "192.0.2.7"}, "use 127.x.y.z addresses"},
+		{"max conns", []string{"--max-conns", "0"}, "--max-conns"},
+		{"rate syntax", []string{"--arrival-rate", "500"}, "want N/s or N/m"},
+		{"rate and ramp", []string{"--arrival-rate", "500/s", "--ramp", "10s"}, "--ramp and --arrival-rate both set"},
+		{"negative storm", []string{"--reconnect-storm", "-1s"}, "--reconnect-storm"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(t.Context(), append(append([]string{}, base...), tt.args...), &out, &errb)
+			assert.Equal(t, 2, code, "stderr: %s", errb.String())
+			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+			require.Len(t, lines, 2, "one error line and the help hint: %q", errb.String())
+			assert.Contains(t, lines[0], tt.want)
+		})
+	}
+	var out, errb bytes.Buffer
+	require.Zero(t, run(t.Context(), []string{"run", "--help"}, &out, &errb))
+	for _, flag := range []string{"--keep-alive", "--source-ips", "--max-conns", "--arrival-rate", "--reconnect-storm"} {
+		assert.Contains(t, out.String(), flag)
+	}
+}

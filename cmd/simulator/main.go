@@ -99,11 +99,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "simulator: unknown command %q; run 'simulator help' for the list\n", args[0])
 		return 2
 	}
+	var coded interface{ ExitCode() int }
 	switch {
 	case err == nil, errors.Is(err, errHelp):
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.As(err, &coded):
+		printError(stderr, err)
+		return coded.ExitCode()
 	default:
 		printError(stderr, err)
 		return 1

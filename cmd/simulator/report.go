@@ -8,10 +8,13 @@ import (
 )
 
 const reportSynopsis = `Merge the JSON reports of the shards of one fleet ('simulator run --shard i/N --report FILE'):
-counts, latency histograms (exactly), handshakes and memory add up, timelines are aligned on
-each shard's start. A shard given twice is refused. The merged summary is printed.`
+counts, latency histograms (exactly), handshakes and memory add up, timelines, time series and
+markers are aligned on each shard's start. A shard given twice is refused. The merged summary is
+printed; --threshold checks the merged fleet (exit code 99 when one fails, after every file is
+written) and --junit writes the checks for CI systems.`
 
-const reportUsage = "Usage: simulator report merge A.json B.json ... --out ALL.json [--html FILE]\n\n" + reportSynopsis + "\n\n" +
+const reportUsage = "Usage: simulator report merge A.json B.json ... --out ALL.json [--html FILE] [--threshold EXPR ...] [--junit FILE]\n\n" +
+	reportSynopsis + "\n\n" +
 	"Run 'simulator report merge --help' for the flags.\n"
 
 func cmdReport(args []string, stdout, stderr io.Writer) error {
@@ -24,9 +27,11 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	fs := newFlagSet("report merge", reportSynopsis, stdout, stderr)
-	fs.usage = "simulator report merge A.json B.json ... --out ALL.json [--html FILE]"
+	fs.usage = "simulator report merge A.json B.json ... --out ALL.json [--html FILE] [--threshold EXPR ...] [--junit FILE]"
 	out := fs.String("out", "", "merged JSON report `FILE` (required)")
 	html := fs.String("html", "", "also write the merged HTML report to `FILE`")
+	var checks reportFlags
+	checks.registerChecks(fs)
 	inputs, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -49,10 +54,11 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	merged.EvaluateThresholds(checks.thresholds)
 	if err := merged.WriteSummary(stdout); err != nil {
 		return err
 	}
-	return writeReports(merged, reportFlags{report: *out, html: *html}, stdout)
+	return writeReports(merged, reportFlags{report: *out, html: *html, junit: checks.junit}, stdout)
 }
 
 // parseInterspersed parses flags that may come before, between or after

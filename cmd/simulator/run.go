@@ -4,16 +4,20 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/fleet"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
+	"github.com/mender-mtls/mtls-agent/internal/rlimit"
 )
 
 // repeatFlag collects a repeatable flag verbatim (values may hold commas).
@@ -39,6 +43,12 @@ type runFlags struct {
 	shard                       string
 	logLevel                    string
 	out                         reportFlags
+	keepAlive                   bool
+	sourceIPs                   []netip.Addr
+	maxConns                    int
+	arrivalRate                 float64
+	reconnectStorm              time.Duration
+	rampSet                     bool
 }
 
 const runSynopsis = `Simulate --count Mender devices against --server through the real device client: each device
@@ -79,16 +89,49 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.New("renamed --deployment-fail-rate (the fraction of deployments that fail; serve --fail-rate fails requests)")
 	})
 	fs.hide("fail-rate")
+	fs.BoolVar(&f.keepAlive, "keep-alive", false, "keep each device's connection open between its polls (up to the idle timeout, 90s);\n"+
+		"without it a device closes its connection when a poll or inventory send is over, as real devices polling every 30 minutes do")
+	fs.Func("source-ips", "connect from these local `ADDRESSES` (a comma list of addresses, ranges such as 127.0.0.2-127.0.0.65\n"+
+		"within one /24, or prefixes such as 127.0.1.0/26): device i uses address i mod n; each address allows about\n"+
+		"28,000 connections to one server address", func(v string) error {
+		as, err := fleet.ParseSourceIPs(v)
+		f.sourceIPs = as
+		return err
+	})
+	fs.Func("max-conns", "cap the open connections at `N`: a device beyond it waits for a free slot within its request timeout\n"+
+		"(default: the open-file limit less a reserve for the simulator's own files, at most 28,000 per source address)", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q: want a positive number of connections (leave it out for the derived cap)", v)
+		}
+		f.maxConns = n
+		return nil
+	})
+	fs.Func("arrival-rate", "start the devices at a constant `RATE` such as 500/s or 90/m (open model) instead of over --ramp", func(v string) error {
+		r, err := fleet.ParseRate(v)
+		f.arrivalRate = r
+		return err
+	})
+	fs.DurationVar(&f.reconnectStorm, "reconnect-storm", 0, "at this `TIME` after the start, cut every device connection and have every accepted device\n"+
+		"poll at once, as when the proxy in front of the fleet restarts (0: none)")
 	fs.StringVar(&f.shard, "shard", "0/1", "simulate slice `i/N` of the fleet's device indices")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "`LEVEL` of the simulator's own messages on stderr: debug, info, warn or error")
 	f.out.register(fs, "", "")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	fs.Visit(func(fl *flag.Flag) { f.rampSet = f.rampSet || fl.Name == "ramp" })
+	if msg := f.usageProblem(); msg != "" {
+		fmt.Fprintf(stderr, "simulator run: %s\nRun 'simulator run --help' for the flags.\n", msg)
+		return errUsage
+	}
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
 		return err
 	}
+	// Each device connection is a descriptor: raise the soft limit to the
+	// hard one before the connection cap is derived from it.
+	limits, limErr := rlimit.RaiseFiles()
 	setup, err := f.setup(ctx, log)
 	if err != nil {
 		return err
@@ -101,7 +144,29 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	if limErr != nil {
+		log.Warn("cannot raise the open-file limit", "err", limErr)
+	} else {
+		fmt.Fprintln(stdout, limits)
+	}
+	fmt.Fprintf(stdout, "capping open connections at %d (open-file limit %d, %d source addresses)\n",
+		fl.MaxConns(), limits.Soft, max(len(f.sourceIPs), 1))
 	return runFleet(ctx, fl, f.out, stdout, log, nil)
+}
+
+// usageProblem returns what is wrong with the flags taken together, ""
+// when nothing is: those errors exit with the usage status.
+func (f *runFlags) usageProblem() string {
+	switch {
+	case f.arrivalRate > 0 && f.rampSet && f.ramp > 0:
+		return "--ramp and --arrival-rate both set: start the devices over a ramp or at a rate, not both (drop one)"
+	case f.reconnectStorm < 0:
+		return fmt.Sprintf("--reconnect-storm %v: want a positive time after the start, or 0 for none", f.reconnectStorm)
+	}
+	if err := fleet.CheckSourceIPs(f.sourceIPs, f.server); err != nil {
+		return "--source-ips: " + err.Error()
+	}
+	return ""
 }
 
 // runSetup is what the flags resolve to.
@@ -211,11 +276,22 @@ func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, erro
 			ServerURL: f.server, RootCAs: roots, Credentials: creds, Shard: shard, MACPrefix: prefix,
 			IdentityAttrs: ids, InventoryAttrs: invs, TenantToken: f.tenantToken,
 			DeviceType: f.deviceType, ArtifactName: f.artifactName,
-			Ramp: f.ramp, Duration: f.duration, PollInterval: f.poll, InventoryInterval: f.inventory,
+			Ramp: f.rampUnlessRate(), Duration: f.duration, PollInterval: f.poll, InventoryInterval: f.inventory,
 			RetryInterval: f.retryPoll, Jitter: f.jitter, FailRate: f.failRate, InstallDelay: f.installTime, Logger: log,
+			KeepAlive: f.keepAlive, SourceIPs: f.sourceIPs, MaxConns: f.maxConns, ArrivalRate: f.arrivalRate,
+			ReconnectStorm: f.reconnectStorm,
 		},
 		lo: lo, hi: hi, mode: mode, store: res, storeTime: time.Since(start),
 	}, nil
+}
+
+// rampUnlessRate is --ramp, or 0 with --arrival-rate (which replaces the
+// default ramp).
+func (f *runFlags) rampUnlessRate() time.Duration {
+	if f.arrivalRate > 0 {
+		return 0
+	}
+	return f.ramp
 }
 
 // roots returns the pool trusted for the server: --ca, else PKI-DIR/ca.crt

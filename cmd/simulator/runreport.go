@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,15 +18,78 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/fleet"
 )
 
+// exitThresholds is the exit code of a run whose thresholds failed, as
+// k6 uses.
+const exitThresholds = 99
+
+// thresholdsFailedError says that some --threshold did not hold; the
+// reports were written. The command exits with exitThresholds.
+type thresholdsFailedError struct{ failed, total int }
+
+func (e *thresholdsFailedError) Error() string {
+	return fmt.Sprintf("%d of %d thresholds failed (exit code %d); the reports list each one", e.failed, e.total, exitThresholds)
+}
+
+// ExitCode is the process exit code for this error.
+func (e *thresholdsFailedError) ExitCode() int { return exitThresholds }
+
+// thresholdFlag collects --threshold expressions, each parsed when given
+// so a bad one is a usage error before anything runs.
+type thresholdFlag []fleet.Threshold
+
+func (t *thresholdFlag) String() string {
+	exprs := make([]string, len(*t))
+	for i, th := range *t {
+		exprs[i] = th.Expr
+	}
+	return strings.Join(exprs, " ")
+}
+
+func (t *thresholdFlag) Set(v string) error {
+	th, err := fleet.ParseThreshold(v)
+	if err != nil {
+		return err
+	}
+	*t = append(*t, th)
+	return nil
+}
+
+const thresholdUsage = "check `EXPR` at the end (repeatable); any failed one makes the command exit " +
+	"99 after writing every report.\nEXPR is " + fleet.ThresholdGrammar
+
 // reportFlags are the output flags shared by run and demo.
 type reportFlags struct {
 	report, html, metrics string
+	junit                 string
+	thresholds            thresholdFlag
+	// fs is the command's flag set, listed in the report's run parameters.
+	fs *cmdFlags
 }
 
 func (r *reportFlags) register(fs *cmdFlags, reportDef, htmlDef string) {
+	r.fs = fs
 	fs.StringVar(&r.report, "report", reportDef, "write the JSON report to `FILE`")
 	fs.StringVar(&r.html, "html", htmlDef, "write the self-contained HTML report to `FILE`")
 	fs.StringVar(&r.metrics, "metrics", "", "serve live Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9102")
+	r.registerChecks(fs)
+}
+
+// registerChecks adds --threshold and --junit (also on report merge).
+func (r *reportFlags) registerChecks(fs *cmdFlags) {
+	fs.Var(&r.thresholds, "threshold", thresholdUsage)
+	fs.StringVar(&r.junit, "junit", "", "write one JUnit XML test case per --threshold to `FILE`, for CI systems")
+}
+
+// runInfo returns the run parameters: the command's every flag (secrets
+// redacted), the version and the host.
+func runInfo(fs *cmdFlags, started time.Time) *fleet.RunInfo {
+	ri := fleet.NewRunInfo(fs.Name(), version, started)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !fs.hidden[f.Name] {
+			ri.AddFlag(f.Name, f.Value.String())
+		}
+	})
+	return ri
 }
 
 // runFleet runs fl with live progress on stdout and, when asked, a
@@ -62,6 +126,10 @@ func runFleet(ctx context.Context, fl *fleet.Fleet, out reportFlags, stdout io.W
 	if ctx.Err() != nil {
 		fmt.Fprintln(stdout, "interrupted: reporting what happened so far")
 	}
+	if out.fs != nil {
+		r.Run = runInfo(out.fs, r.Started)
+	}
+	r.EvaluateThresholds(out.thresholds)
 	fmt.Fprintln(stdout)
 	if err := r.WriteSummary(stdout); err != nil {
 		return err
@@ -73,11 +141,12 @@ func runFleet(ctx context.Context, fl *fleet.Fleet, out reportFlags, stdout io.W
 	return writeReports(r, out, stdout)
 }
 
-// writeReports writes the JSON and HTML reports that out names, creating
-// their directories when missing.
+// writeReports writes the JSON, HTML and JUnit reports that out names,
+// creating their directories when missing; then, when a threshold failed,
+// it returns a *thresholdsFailedError.
 func writeReports(r *fleet.Report, out reportFlags, stdout io.Writer) error {
 	var errs []error
-	for _, p := range []string{out.report, out.html} {
+	for _, p := range []string{out.report, out.html, out.junit} {
 		if p != "" {
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 				errs = append(errs, fmt.Errorf("report directory: %w", err))
@@ -101,7 +170,20 @@ func writeReports(r *fleet.Report, out reportFlags, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "HTML report: %s\n", absPath(out.html))
 		}
 	}
-	return errors.Join(errs...)
+	if out.junit != "" {
+		if err := r.SaveJUnit(out.junit); err != nil {
+			errs = append(errs, fmt.Errorf("--junit: %w", err))
+		} else {
+			fmt.Fprintf(stdout, "JUnit XML: %s\n", absPath(out.junit))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if n := r.FailedThresholds(); n > 0 {
+		return &thresholdsFailedError{failed: n, total: len(r.Thresholds)}
+	}
+	return nil
 }
 
 func absPath(p string) string {

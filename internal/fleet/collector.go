@@ -14,8 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mender-mtls/mtls-agent/internal/client"
-	promtext "github.com/mender-mtls/mtls-agent/internal/metrics"
 )
 
 // Operations reports cover, in display order; they are the client's
@@ -45,7 +46,15 @@ type opStats struct {
 	fallbacks uint64
 	kinds     map[string]uint64
 	hist      Histogram
-	prom      *promtext.Histogram
+	// prom is the operation's child of the latency histogram exported on
+	// /metrics; nil for "other", which is not exported.
+	prom prometheus.Observer
+	// tick holds what finished since the last sample, for the series.
+	tick struct {
+		count, errors uint64
+		kinds         map[string]uint64
+		hist          Histogram
+	}
 }
 
 // classify decides whether an exchange failed, and how. A fallback is an
@@ -141,8 +150,21 @@ type collector struct {
 	memPeak     atomic.Uint64
 	lastRPS     atomic.Uint64 // math.Float64bits
 
-	tlMu sync.Mutex
-	tl   timeline
+	// gauges reads the device states and connection counts for the
+	// series (Fleet.seriesGauges); nil leaves them 0.
+	gauges func() seriesGauges
+
+	tlMu   sync.Mutex
+	tl     timeline
+	series seriesBuf
+	// lastIn and lastOut are bytesIn and bytesOut at the last sample.
+	lastIn, lastOut uint64
+
+	// latency is the fleet_request_duration_seconds histogram of /metrics.
+	latency *prometheus.HistogramVec
+	// reg is the fleet's Prometheus registry, built on first use.
+	regOnce sync.Once
+	reg     *prometheus.Registry
 
 	markMu  sync.Mutex
 	markers []Marker
@@ -195,9 +217,17 @@ func (c *collector) markerList() []Marker {
 }
 
 func newCollector(devices int, sample time.Duration, now func() time.Time) *collector {
-	c := &collector{now: now, devices: devices, ops: map[string]*opStats{}, tl: timeline{base: sample, factor: 1}}
+	c := &collector{now: now, devices: devices, ops: map[string]*opStats{}, tl: timeline{base: sample, factor: 1},
+		series: seriesBuf{base: sample, factor: 1}}
+	c.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fleet_request_duration_seconds",
+		Help: "Exchange latency, by operation.", Buckets: promBounds}, []string{"op"})
 	for _, op := range append(Operations, "other") {
-		c.ops[op] = &opStats{kinds: map[string]uint64{}, prom: promtext.NewHistogram("", "", promBounds)}
+		st := &opStats{kinds: map[string]uint64{}}
+		st.tick.kinds = map[string]uint64{}
+		if op != "other" {
+			st.prom = c.latency.WithLabelValues(op)
+		}
+		c.ops[op] = st
 	}
 	c.memBaseline = memInUse()
 	c.memPeak.Store(c.memBaseline)
@@ -225,15 +255,21 @@ func (c *collector) record(ev client.Event) (failed, canceled bool) {
 	st.mu.Lock()
 	st.count++
 	st.hist.Record(ev.Duration)
+	st.tick.count++
+	st.tick.hist.Record(ev.Duration)
 	if fallback {
 		st.fallbacks++
 	}
 	if kind != "" {
 		st.errors++
 		st.kinds[kind]++
+		st.tick.errors++
+		st.tick.kinds[kind]++
 	}
 	st.mu.Unlock()
-	st.prom.Observe(ev.Duration.Seconds())
+	if st.prom != nil {
+		st.prom.Observe(ev.Duration.Seconds())
+	}
 	c.tickRequests.Add(1)
 	c.totalRequests.Add(1)
 	if kind != "" {
@@ -266,12 +302,38 @@ func (c *collector) timeToAllAccepted() (time.Duration, bool) {
 	return time.Duration(v - 1), v > 0
 }
 
-// sample closes one sampling interval: timeline point, requests per
-// second and peak memory.
+// sample closes one sampling interval: timeline and series points,
+// requests per second and peak memory.
 func (c *collector) sample() {
 	req, errs := c.tickRequests.Swap(0), c.tickErrors.Swap(0)
+	p := SeriesPoint{Accepted: int(c.accepted.Load())}
+	if c.gauges != nil {
+		g := c.gauges()
+		p.Pending, p.Failing, p.Conns, p.Waiting = g.pending, g.failing, g.conns, g.waiting
+	}
+	for _, op := range Operations {
+		st := c.ops[op]
+		st.mu.Lock()
+		if st.tick.count > 0 {
+			o := &OpPoint{Count: st.tick.count, Errors: st.tick.errors, Histogram: sparseOf(&st.tick.hist)}
+			if len(st.tick.kinds) > 0 {
+				o.ErrorsByKind = st.tick.kinds
+				st.tick.kinds = map[string]uint64{}
+			}
+			if p.Ops == nil {
+				p.Ops = map[string]*OpPoint{}
+			}
+			p.Ops[op] = o
+			st.tick.count, st.tick.errors, st.tick.hist = 0, 0, Histogram{}
+		}
+		st.mu.Unlock()
+	}
 	c.tlMu.Lock()
-	c.tl.add(TimelinePoint{Accepted: int(c.accepted.Load()), Requests: req, Errors: errs})
+	in, out := c.bytesIn.Load(), c.bytesOut.Load()
+	p.BytesIn, p.BytesOut = in-c.lastIn, out-c.lastOut
+	c.lastIn, c.lastOut = in, out
+	c.tl.add(TimelinePoint{Accepted: p.Accepted, Requests: req, Errors: errs})
+	c.series.add(p)
 	c.tlMu.Unlock()
 	if c.tl.base > 0 {
 		c.lastRPS.Store(math.Float64bits(float64(req) / c.tl.base.Seconds()))

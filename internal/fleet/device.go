@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -28,6 +29,7 @@ const (
 	stAccepted = 1 << iota // authenticated at least once
 	stPending              // the last auth request got 401
 	stFailing              // the last exchange failed
+	stStorm                // accepted at the reconnect storm, not polled since
 )
 
 // maxDeployAttempts is how often one deployment step is tried.
@@ -50,7 +52,14 @@ type device struct {
 	stopped       bool
 	launched      bool
 	updateStarted bool
+	running       uint8 // steps in progress
+	parked        bool  // listed in connPool.idle
 	timers        [2]*time.Timer
+	conns         []*trackedConn  // open connections (see connPool)
+	tr            *http.Transport // nil while idle (see deviceTransport)
+	cred          *derCredential  // nil without mTLS
+	session       *tls.ClientSessionState
+	sessionKey    string
 }
 
 // arm schedules job after the wait, unless the device is stopped.
@@ -67,11 +76,22 @@ func (d *device) arm(job client.Job, after time.Duration) {
 	})
 }
 
+// rearm moves job's pending timer to fire after the wait. A job whose
+// step is running is left alone: it arms itself when the step ends.
+func (d *device) rearm(job client.Job, after time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t := d.timers[job]; !d.stopped && t != nil && t.Stop() {
+		t.Reset(after)
+	}
+}
+
 // fire runs one step of job and schedules the next one; after an
 // inventory step it starts the update checks once the device is
-// authenticated, as client.Run does.
+// authenticated, as client.Run does. Without Options.KeepAlive, the
+// device's connections are closed when no step of it is running any more.
 func (d *device) fire(job client.Job) {
-	ctx := d.f.runCtx
+	ctx := d.f.stepCtx(d)
 	if ctx.Err() != nil {
 		return
 	}
@@ -84,7 +104,26 @@ func (d *device) fire(job client.Job) {
 			d.f.started.Add(1)
 		}
 	}
+	d.mu.Lock()
+	d.running++
+	d.mu.Unlock()
 	wait := d.c.Step(ctx, job, &d.steps[job])
+	d.mu.Lock()
+	d.running--
+	switch {
+	case d.running > 0:
+		d.mu.Unlock()
+	case d.f.opts.KeepAlive:
+		d.f.pool.park(d)
+		d.mu.Unlock()
+	default:
+		// Taken under the lock that counts the steps: a step that starts
+		// from now on builds a transport of its own, whose connections
+		// this does not touch.
+		tr, conns := d.detach()
+		d.mu.Unlock()
+		closeAll(tr, conns)
+	}
 	if ctx.Err() != nil {
 		return
 	}
@@ -128,6 +167,11 @@ func (d *device) observe(ev client.Event) {
 	if canceled {
 		return
 	}
+	if failed {
+		d.f.stormFailure()
+	}
+	polled := ev.Op == client.OpNext && !failed && ev.Err == nil &&
+		(ev.Status == http.StatusOK || ev.Status == http.StatusNoContent)
 	auth := ev.Op == client.OpAuth && ev.Err == nil
 	accepted := auth && ev.Status == http.StatusOK
 	pending := auth && ev.Status == http.StatusUnauthorized
@@ -145,9 +189,15 @@ func (d *device) observe(ev client.Event) {
 		} else {
 			s &^= stFailing
 		}
+		if polled {
+			s &^= stStorm
+		}
 		if d.state.CompareAndSwap(old, s) {
 			if s&stAccepted != 0 && old&stAccepted == 0 {
 				d.f.col.markAccepted()
+			}
+			if old&stStorm != 0 && s&stStorm == 0 {
+				d.f.stormRecovered()
 			}
 			return
 		}

@@ -2,8 +2,12 @@
 // virtual devices, each running the real internal/client with its own key
 // and, for mTLS, its own CA-signed certificate ([LoadCredentials] mints
 // them and caches them on disk), a unique identity (a MAC derived from the
-// device index plus extra attributes), its own TLS session cache and its
-// own connection pool.
+// device index plus extra attributes), its own TLS session and, while a
+// step of it runs, its own HTTP transport (see [Options.KeepAlive]). The
+// fleet's connections come from chosen source addresses
+// ([Options.SourceIPs]) under a cap ([Options.MaxConns]); devices start
+// over a ramp or at a constant arrival rate, and a reconnect storm
+// ([Options.ReconnectStorm]) cuts every connection at once.
 //
 // [Fleet.Run] starts the devices over a ramp. Each device's inventory and
 // update jobs run on timers through client.Step, the per-attempt logic and
@@ -24,18 +28,21 @@ package fleet
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
+	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/client"
+	"github.com/mender-mtls/mtls-agent/internal/rlimit"
 )
 
 // Defaults of [Options].
@@ -86,6 +93,17 @@ type Options struct {
 	// Ramp spreads the device starts evenly over this time; 0 starts all
 	// at once (each client still waits a random delay under one second).
 	Ramp time.Duration
+	// ArrivalRate starts the devices at this constant rate, in devices per
+	// second (an open model, k6's constant-arrival-rate: device i starts
+	// i/ArrivalRate seconds after the run, whatever the earlier devices
+	// are doing), instead of over Ramp; 0 means the ramp. Setting both is
+	// an error.
+	ArrivalRate float64
+	// ReconnectStorm, when non-zero, is the time since the start of the run
+	// at which every device connection is cut and every accepted device
+	// polls at once, as when the proxy in front of a fleet restarts; the
+	// report's Storm shows the recovery. 0 means none.
+	ReconnectStorm time.Duration
 	// Duration ends the run; 0 means run until the context is done.
 	Duration time.Duration
 	// PollInterval, InventoryInterval and RetryInterval are the clients'
@@ -104,12 +122,30 @@ type Options struct {
 	// deployment, simulating the time an install takes; 0 means it moves
 	// on at once.
 	InstallDelay time.Duration
-	// DisableKeepAlives closes each connection after one request; false
-	// keeps connections alive between requests.
+	// KeepAlive keeps a device's connections open between its steps, up
+	// to IdleConnTimeout. False (the default) closes them when the step
+	// ends (an inventory send with its auth, or an update check with the
+	// deployment it starts, may still reuse one connection): a fleet at
+	// production intervals then holds no idle connection.
+	KeepAlive bool
+	// DisableKeepAlives closes each connection after one request, even
+	// within a step.
 	DisableKeepAlives bool
-	// IdleConnTimeout is how long an idle connection is kept; 0 means the
-	// client default 90 s.
+	// IdleConnTimeout is how long an idle connection is kept; 0 means
+	// 90 s, the device client's default.
 	IdleConnTimeout time.Duration
+	// SourceIPs are the local addresses the devices connect from: device
+	// index i uses SourceIPs[i % len]. Each address has its own range of
+	// ephemeral ports, so more than about 28,000 connections to one server
+	// address need several (on Linux every 127.0.0.0/8 address is local).
+	// nil means the system's choice.
+	SourceIPs []netip.Addr
+	// MaxConns caps the fleet's open connections: a device that needs one
+	// beyond the cap waits for a free slot, within its request timeout,
+	// instead of failing on a descriptor or port shortage. 0 means
+	// DefaultMaxConns of the open-file soft limit and the source
+	// addresses.
+	MaxConns int
 	// DisableResumption turns TLS session resumption off; false gives each
 	// device its own one-entry session cache.
 	DisableResumption bool
@@ -141,12 +177,18 @@ type Fleet struct {
 	started atomic.Int64
 	ran     atomic.Bool
 	begun   atomic.Pointer[time.Time] // start of Run, for Progress
-	// runCtx is the context of the running devices' steps; set by Run
-	// before any device timer is armed.
+	// runCtx is the context of the run; set by Run before any device
+	// timer is armed.
 	runCtx context.Context
+	// stepCtxs are the contexts of the running devices' steps, children
+	// of runCtx (see stepCtx).
+	stepCtxs []context.Context
 	// inflight counts armed device timers and running steps.
 	inflight sync.WaitGroup
 	rand     func() float64
+	pool     *connPool
+	storm    stormState
+	maxConns int
 }
 
 // New validates opts and builds one client per credential.
@@ -188,8 +230,19 @@ func New(opts Options) (*Fleet, error) {
 	if !(opts.FailRate >= 0 && opts.FailRate <= 1) {
 		bad("FailRate %v: want a fraction in [0, 1]", opts.FailRate)
 	}
-	if opts.Ramp < 0 || opts.Duration < 0 || opts.SampleInterval < 0 || opts.InstallDelay < 0 {
-		bad("Ramp, Duration, SampleInterval and InstallDelay must not be negative")
+	if opts.Ramp < 0 || opts.Duration < 0 || opts.SampleInterval < 0 || opts.InstallDelay < 0 || opts.ReconnectStorm < 0 {
+		bad("Ramp, Duration, SampleInterval, InstallDelay and ReconnectStorm must not be negative")
+	}
+	if !(opts.ArrivalRate >= 0) || math.IsInf(opts.ArrivalRate, 0) {
+		bad("ArrivalRate %v: want devices per second > 0, or 0 for the ramp", opts.ArrivalRate)
+	} else if opts.ArrivalRate > 0 && opts.Ramp > 0 {
+		bad("ArrivalRate and Ramp are both set: start the devices at a rate or over a ramp, not both")
+	}
+	if opts.MaxConns < 0 {
+		bad("MaxConns %d: want a positive cap, or 0 to derive it from the open-file limit", opts.MaxConns)
+	}
+	if err := CheckSourceIPs(opts.SourceIPs, opts.ServerURL); err != nil {
+		errs = append(errs, fmt.Errorf("SourceIPs: %w", err))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("fleet options: %w", errors.Join(errs...))
@@ -217,6 +270,16 @@ func New(opts Options) (*Fleet, error) {
 		f.rand = rand.Float64
 	}
 	f.col = newCollector(len(opts.Credentials), opts.SampleInterval, opts.Now)
+	f.col.gauges = f.seriesGauges
+	f.maxConns = opts.MaxConns
+	if f.maxConns == 0 {
+		var soft uint64 // 0: no limit to read
+		if files, err := rlimit.CurrentFiles(); err == nil {
+			soft = files.Soft
+		}
+		f.maxConns = DefaultMaxConns(soft, len(opts.SourceIPs))
+	}
+	f.pool = newConnPool(f, opts.SourceIPs, f.maxConns, len(opts.Credentials))
 	f.keyType = string(keyTypeOf(opts.Credentials[0].Key))
 	f.mtls = opts.Credentials[0].Cert != nil
 	f.devices = make([]*device, len(opts.Credentials))
@@ -235,15 +298,6 @@ func New(opts Options) (*Fleet, error) {
 func (f *Fleet) newDevice(cred *Credential) (*device, error) {
 	o := &f.opts
 	d := &device{f: f, index: cred.Index, mac: o.MACPrefix.MAC(cred.Index)}
-	tuning := client.TransportTuning{
-		OnHandshake:       f.col.handshake,
-		DisableKeepAlives: o.DisableKeepAlives,
-		IdleConnTimeout:   o.IdleConnTimeout,
-		DisableHTTP2:      true, // Mender's clients speak HTTP/1.1
-	}
-	if !o.DisableResumption {
-		tuning.SessionCache = tls.NewLRUClientSessionCache(1)
-	}
 	copts := client.Options{
 		Servers:               []string{o.ServerURL},
 		AuthKey:               cred.Key,
@@ -261,10 +315,13 @@ func (f *Fleet) newDevice(cred *Credential) (*device, error) {
 		Logger:                o.DeviceLogger,
 		Observer:              d.observe,
 		OnDeployment:          d.onDeployment,
-		Tuning:                tuning,
+		// The fleet's own transport (see deviceTransport): the client
+		// reads the certificate from TLSCredential for its inventory only.
+		HTTPClient: &http.Client{Transport: deviceTransport{d}},
 	}
 	if cred.Cert != nil {
-		copts.TLSCredential = &derCredential{Signer: cred.Key, der: cred.Cert.Raw}
+		d.cred = &derCredential{Signer: cred.Key, der: cred.Cert.Raw}
+		copts.TLSCredential = d.cred
 	}
 	if len(o.InventoryAttrs) > 0 {
 		copts.Inventory = d.inventory
@@ -304,7 +361,16 @@ func (f *Fleet) Run(ctx context.Context) (*Report, error) {
 		defer stop.Stop()
 	}
 	f.log.Info("fleet starting", "devices", len(f.devices), "server", f.opts.ServerURL, "mtls", f.mtls,
-		"ramp", f.opts.Ramp, "duration", f.opts.Duration)
+		"ramp", f.opts.Ramp, "arrival_rate", f.opts.ArrivalRate, "duration", f.opts.Duration,
+		"keep_alive", f.opts.KeepAlive, "max_conns", f.maxConns, "source_ips", formatAddrs(f.opts.SourceIPs))
+	if at := f.opts.ReconnectStorm; at > 0 {
+		storm := time.AfterFunc(at, func() {
+			if runCtx.Err() == nil {
+				f.reconnectStorm()
+			}
+		})
+		defer storm.Stop()
+	}
 
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
@@ -320,10 +386,15 @@ func (f *Fleet) Run(ctx context.Context) (*Report, error) {
 		}
 	})
 	f.runCtx = runCtx
+	f.stepCtxs = make([]context.Context, stepCtxShards)
+	for i := range f.stepCtxs {
+		c, cancelStep := context.WithCancel(runCtx)
+		defer cancelStep()
+		f.stepCtxs[i] = c
+	}
 	n := len(f.devices)
 	for i, d := range f.devices {
-		ramp := time.Duration(float64(f.opts.Ramp) * float64(i) / float64(n))
-		d.arm(client.JobInventory, ramp+d.c.FirstContactDelay())
+		d.arm(client.JobInventory, f.startDelay(d, i, n))
 	}
 	<-runCtx.Done()
 	for _, d := range f.devices {
@@ -333,12 +404,28 @@ func (f *Fleet) Run(ctx context.Context) (*Report, error) {
 	sampler.Wait()
 	ended := f.opts.Now()
 	for _, d := range f.devices {
-		d.c.CloseIdleConnections()
+		d.dropTransport()
 	}
 	f.col.sample()
 	r := f.report(ended)
 	f.log.Info("fleet stopped", "accepted", r.Accepted, "devices", r.Devices, "requests", r.RequestsTotal, "errors", r.ErrorsTotal)
 	return r, nil
+}
+
+// stepCtxShards is how many step contexts the devices share (see
+// Fleet.stepCtx).
+const stepCtxShards = 64
+
+// stepCtx returns the context of device d's steps: one of the run's step
+// contexts, or the run's own when there are none. Every request context
+// registers with its parent under the parent's lock, which one context
+// shared by 100,000 devices turns into a hot spot; device i uses step
+// context i mod stepCtxShards.
+func (f *Fleet) stepCtx(d *device) context.Context {
+	if len(f.stepCtxs) == 0 {
+		return f.runCtx
+	}
+	return f.stepCtxs[d.index%len(f.stepCtxs)]
 }
 
 // Mark records an event of the run (kind, and a short detail or "") at the
@@ -361,6 +448,11 @@ type Progress struct {
 	// sampling interval.
 	Requests, Errors uint64
 	RPS              float64
+	// Conns is the number of open device connections; Waiting the number
+	// of devices waiting for a connection slot (Options.MaxConns), and
+	// ConnWaits how often a device had to wait so far.
+	Conns, Waiting int
+	ConnWaits      uint64
 }
 
 // ProgressWidth is the most characters Progress.String returns: one
@@ -421,16 +513,23 @@ func shortDuration(d time.Duration) string {
 	return fmt.Sprintf("%02d:%02d", s/60, s%60)
 }
 
+// MaxConns returns the cap on open connections in force: Options.MaxConns
+// or the one derived from the open-file limit.
+func (f *Fleet) MaxConns() int { return f.maxConns }
+
 // Progress returns the current state of the run.
 func (f *Fleet) Progress() Progress {
 	p := Progress{
-		Total:    f.opts.Duration,
-		Devices:  len(f.devices),
-		Started:  int(f.started.Load()),
-		Accepted: int(f.col.accepted.Load()),
-		Requests: f.col.totalRequests.Load(),
-		Errors:   f.col.totalErrors.Load(),
-		RPS:      f.col.rps(),
+		Total:     f.opts.Duration,
+		Devices:   len(f.devices),
+		Started:   int(f.started.Load()),
+		Accepted:  int(f.col.accepted.Load()),
+		Requests:  f.col.totalRequests.Load(),
+		Errors:    f.col.totalErrors.Load(),
+		RPS:       f.col.rps(),
+		Conns:     int(f.pool.open.Load()),
+		Waiting:   int(f.pool.waiting.Load()),
+		ConnWaits: f.pool.waits.Load(),
 	}
 	if b := f.begun.Load(); b != nil {
 		p.Elapsed = f.opts.Now().Sub(*b)

@@ -342,8 +342,12 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"mac identity attribute", Options{ServerURL: "https://x", Credentials: creds, IdentityAttrs: []Attribute{{"mac", []string{"x"}}}}, "mac"},
 		{"fail rate", Options{ServerURL: "https://x", Credentials: creds, FailRate: 1.5}, "FailRate"},
 		{"negative ramp", Options{ServerURL: "https://x", Credentials: creds, Ramp: -1}, "negative"},
-		{"negative install delay", Options{ServerURL: "https://x", Credentials: creds, InstallDelay: -time.Second}, "InstallDelay must not be negative"},
+		{"negative install delay", Options{ServerURL: "https://x", Credentials: creds, InstallDelay: -time.Second}, "InstallDelay and ReconnectStorm must not be negative"},
 		{"bad URL reaches the client", Options{ServerURL: "ftp://x", Credentials: creds}, "scheme"},
+		{"ramp and arrival rate", Options{ServerURL: "https://x", Credentials: creds, Ramp: time.Second, ArrivalRate: 5}, "not both"},
+		{"negative arrival rate", Options{ServerURL: "https://x", Credentials: creds, ArrivalRate: -1}, "ArrivalRate"},
+		{"negative connection cap", Options{ServerURL: "https://x", Credentials: creds, MaxConns: -1}, "MaxConns"},
+		{"negative storm", Options{ServerURL: "https://x", Credentials: creds, ReconnectStorm: -time.Second}, "ReconnectStorm"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

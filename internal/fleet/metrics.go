@@ -1,93 +1,132 @@
 package fleet
 
 import (
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"slices"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+
 	"github.com/mender-mtls/mtls-agent/internal/client"
-	"github.com/mender-mtls/mtls-agent/internal/metrics"
 )
 
-// WriteMetrics writes the live fleet metrics in the Prometheus text format.
-func (f *Fleet) WriteMetrics(w io.Writer) error {
-	c := f.col
-	p := f.Progress()
-	mw := metrics.NewWriter(w)
-	gauge := func(name, help string, v float64) {
-		mw.Header(name, help, metrics.TypeGauge)
-		mw.Sample(name, nil, v)
-	}
-	gauge("fleet_devices", "Virtual devices in this process.", float64(p.Devices))
-	gauge("fleet_devices_started", "Devices launched so far (ramp).", float64(p.Started))
-	gauge("fleet_devices_accepted", "Devices that authenticated at least once.", float64(p.Accepted))
-	gauge("fleet_devices_pending", "Devices whose last auth request got 401 and were never accepted.", float64(p.Pending))
-	gauge("fleet_devices_failing", "Devices whose last exchange failed.", float64(p.Failing))
-	if d, ok := c.timeToAllAccepted(); ok {
-		gauge("fleet_all_accepted_seconds", "Time from the start until every device was accepted.", d.Seconds())
-	}
-	gauge("fleet_memory_inuse_bytes", "Heap in use plus goroutine stacks.", float64(memInUse()))
-	gauge("fleet_memory_peak_bytes", "Largest sampled heap in use plus stacks.", float64(c.memPeak.Load()))
+// Descriptions of the fleet metrics computed at each scrape.
+var (
+	descDevices  = prometheus.NewDesc("fleet_devices", "Virtual devices in this process.", nil, nil)
+	descStarted  = prometheus.NewDesc("fleet_devices_started", "Devices launched so far (ramp).", nil, nil)
+	descAccepted = prometheus.NewDesc("fleet_devices_accepted", "Devices that authenticated at least once.", nil, nil)
+	descPending  = prometheus.NewDesc("fleet_devices_pending", "Devices whose last auth request got 401 and were never accepted.", nil, nil)
+	descFailing  = prometheus.NewDesc("fleet_devices_failing", "Devices whose last exchange failed.", nil, nil)
+	descAllAcc   = prometheus.NewDesc("fleet_all_accepted_seconds", "Time from the start until every device was accepted.", nil, nil)
+	descMemInUse = prometheus.NewDesc("fleet_memory_inuse_bytes", "Heap in use plus goroutine stacks.", nil, nil)
+	descMemPeak  = prometheus.NewDesc("fleet_memory_peak_bytes", "Largest sampled heap in use plus stacks.", nil, nil)
+	descRequests = prometheus.NewDesc("fleet_requests_total", "Finished exchanges, by operation.", []string{"op"}, nil)
+	descErrors   = prometheus.NewDesc("fleet_request_errors_total", "Failed exchanges, by operation and kind.", []string{"op", "kind"}, nil)
+	descFallback = prometheus.NewDesc("fleet_request_fallbacks_total", "Answers that made the client switch endpoint version.", []string{"op"}, nil)
+	descCanceled = prometheus.NewDesc("fleet_requests_canceled_total", "Exchanges cut by the end of the run.", nil, nil)
+	descHandshk  = prometheus.NewDesc("fleet_tls_handshakes_total", "TLS handshakes of new connections, full or resumed.", []string{"type"}, nil)
+	descDeploys  = prometheus.NewDesc("fleet_deployments_total", "Deployments acted on, by outcome (started counts every one).", []string{"outcome"}, nil)
+	descBytes    = prometheus.NewDesc("fleet_connection_bytes_total", "Bytes read from (in) and written to (out) the devices' connections.", []string{"direction"}, nil)
+)
 
-	type opSnap struct {
-		count, errs, fallbacks uint64
-		kinds                  map[string]uint64
+// fleetMetrics reads the fleet's counters at each scrape.
+type fleetMetrics struct{ f *Fleet }
+
+func (m fleetMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDevices, descStarted, descAccepted, descPending, descFailing, descAllAcc,
+		descMemInUse, descMemPeak, descRequests, descErrors, descFallback, descCanceled, descHandshk, descDeploys, descBytes} {
+		ch <- d
 	}
-	snaps := map[string]opSnap{}
-	for _, op := range append(Operations, "other") {
+}
+
+func (m fleetMetrics) Collect(ch chan<- prometheus.Metric) {
+	c := m.f.col
+	p := m.f.Progress()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descDevices, float64(p.Devices))
+	gauge(descStarted, float64(p.Started))
+	gauge(descAccepted, float64(p.Accepted))
+	gauge(descPending, float64(p.Pending))
+	gauge(descFailing, float64(p.Failing))
+	if d, ok := c.timeToAllAccepted(); ok {
+		gauge(descAllAcc, d.Seconds())
+	}
+	gauge(descMemInUse, float64(memInUse()))
+	gauge(descMemPeak, float64(c.memPeak.Load()))
+	for _, op := range Operations {
 		st := c.ops[op]
 		st.mu.Lock()
-		s := opSnap{count: st.count, errs: st.errors, fallbacks: st.fallbacks, kinds: map[string]uint64{}}
-		for k, v := range st.kinds {
-			s.kinds[k] = v
-		}
+		count, fallbacks, kinds := st.count, st.fallbacks, maps.Clone(st.kinds)
 		st.mu.Unlock()
-		snaps[op] = s
-	}
-	mw.Header("fleet_requests_total", "Finished exchanges, by operation.", metrics.TypeCounter)
-	for _, op := range Operations {
-		mw.Sample("fleet_requests_total", []metrics.Label{{Name: "op", Value: op}}, float64(snaps[op].count))
-	}
-	mw.Header("fleet_request_errors_total", "Failed exchanges, by operation and kind.", metrics.TypeCounter)
-	for _, op := range Operations {
-		for _, k := range slices.Sorted(maps.Keys(snaps[op].kinds)) {
-			mw.Sample("fleet_request_errors_total", []metrics.Label{{Name: "op", Value: op}, {Name: "kind", Value: k}}, float64(snaps[op].kinds[k]))
+		counter(descRequests, count, op)
+		for _, k := range slices.Sorted(maps.Keys(kinds)) {
+			counter(descErrors, kinds[k], op, k)
+		}
+		if op == client.OpInventory || op == client.OpNext {
+			counter(descFallback, fallbacks, op)
 		}
 	}
-	mw.Header("fleet_request_fallbacks_total", "Answers that made the client switch endpoint version.", metrics.TypeCounter)
-	for _, op := range []string{client.OpInventory, client.OpNext} {
-		mw.Sample("fleet_request_fallbacks_total", []metrics.Label{{Name: "op", Value: op}}, float64(snaps[op].fallbacks))
-	}
-	mw.Header("fleet_requests_canceled_total", "Exchanges cut by the end of the run.", metrics.TypeCounter)
-	mw.Sample("fleet_requests_canceled_total", nil, float64(c.canceled.Load()))
-	mw.Header("fleet_request_duration_seconds", "Exchange latency, by operation.", metrics.TypeHistogram)
-	for _, op := range Operations {
-		bounds, counts, sum := c.ops[op].prom.Snapshot()
-		mw.Histogram("fleet_request_duration_seconds", []metrics.Label{{Name: "op", Value: op}}, bounds, counts, sum)
-	}
-	mw.Header("fleet_tls_handshakes_total", "TLS handshakes of new connections, full or resumed.", metrics.TypeCounter)
-	mw.Sample("fleet_tls_handshakes_total", []metrics.Label{{Name: "type", Value: "full"}}, float64(c.full.Load()))
-	mw.Sample("fleet_tls_handshakes_total", []metrics.Label{{Name: "type", Value: "resumed"}}, float64(c.resumed.Load()))
-	mw.Header("fleet_deployments_total", "Deployments acted on, by outcome (started counts every one).", metrics.TypeCounter)
+	counter(descCanceled, c.canceled.Load())
+	counter(descHandshk, c.full.Load(), "full")
+	counter(descHandshk, c.resumed.Load(), "resumed")
 	for _, o := range []struct {
 		name string
 		v    *atomic.Uint64
 	}{{"started", &c.depStarted}, {"succeeded", &c.depSucceeded}, {"failed", &c.depFailed},
 		{"aborted", &c.depAborted}, {"incomplete", &c.depIncomplete}} {
-		mw.Sample("fleet_deployments_total", []metrics.Label{{Name: "outcome", Value: o.name}}, float64(o.v.Load()))
+		counter(descDeploys, o.v.Load(), o.name)
 	}
-	return mw.Flush()
+	if in, out := c.bytesIn.Load(), c.bytesOut.Load(); in > 0 || out > 0 {
+		counter(descBytes, in, "in")
+		counter(descBytes, out, "out")
+	}
 }
 
-// MetricsHandler serves WriteMetrics on GET /metrics.
+// Registry returns the fleet's own Prometheus registry (never the global
+// one): the fleet metrics, the latency histogram, and the Go runtime and
+// process collectors.
+func (f *Fleet) Registry() *prometheus.Registry {
+	c := f.col
+	c.regOnce.Do(func() {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(fleetMetrics{f}, c.latency, collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		c.reg = reg
+	})
+	return c.reg
+}
+
+// WriteMetrics writes the live metrics of Registry in the Prometheus text
+// format.
+func (f *Fleet) WriteMetrics(w io.Writer) error {
+	families, err := f.Registry().Gather()
+	if err != nil {
+		return fmt.Errorf("gather metrics: %w", err)
+	}
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range families {
+		if err := enc.Encode(mf); err != nil {
+			return fmt.Errorf("write metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// MetricsHandler serves Registry on GET /metrics.
 func (f *Fleet) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", metrics.ContentType)
-		_ = f.WriteMetrics(w)
-	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(f.Registry(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not found: use GET /metrics", http.StatusNotFound)
 	})

@@ -73,6 +73,20 @@ type Report struct {
 	Timeline Timeline `json:"timeline"`
 	// Markers are the run's events (Fleet.Mark), in time order.
 	Markers []Marker `json:"markers,omitempty"`
+	// Storm is the recovery from the reconnect storm; absent without one.
+	Storm *StormReport `json:"storm,omitempty"`
+	// Series is the run over time per operation; absent in reports from
+	// before it existed.
+	Series *Series `json:"series,omitempty"`
+	// BytesIn and BytesOut are the bytes read from and written to the
+	// devices' connections (TLS records included); absent when not counted.
+	BytesIn  uint64 `json:"bytes_in,omitempty"`
+	BytesOut uint64 `json:"bytes_out,omitempty"`
+	// Run describes the command and the host; set by the simulator
+	// command, absent from reports built by other programs.
+	Run *RunInfo `json:"run,omitempty"`
+	// Thresholds are the --threshold checks and their outcome.
+	Thresholds []ThresholdResult `json:"thresholds,omitempty"`
 }
 
 // ShardReport names one shard of the fleet in a report.
@@ -106,6 +120,14 @@ type Memory struct {
 	// includes everything else the process did meanwhile (an in-process
 	// backend in `simulator demo`).
 	PerDeviceKiB float64 `json:"per_device_kib"`
+	// RSSBytes is the resident set size of the process at the end of the
+	// run (VmRSS), PeakRSSBytes its largest value (VmHWM); summed over
+	// shards; 0 where /proc/self/status does not exist.
+	RSSBytes     uint64 `json:"rss_bytes"`
+	PeakRSSBytes uint64 `json:"peak_rss_bytes"`
+	// RSSPerDeviceKiB is RSSBytes / Devices / 1024: the whole process,
+	// credentials, runtime and anything else it ran included.
+	RSSPerDeviceKiB float64 `json:"rss_per_device_kib"`
 }
 
 // Deployments counts deployment outcomes on the devices.
@@ -212,13 +234,17 @@ type OpReport struct {
 	// version (404 on v2 next, 405 on inventory PUT); neither errors nor
 	// successes.
 	Fallbacks uint64 `json:"fallbacks"`
-	// P50Ms, P90Ms and P99Ms are latency quantiles in milliseconds, within
-	// HistogramRelativeError; MaxMs and MeanMs are exact.
+	// P50Ms, P90Ms, P95Ms and P99Ms are latency quantiles in milliseconds,
+	// within HistogramRelativeError; MinMs, MaxMs and MeanMs are exact.
 	P50Ms  float64 `json:"p50_ms"`
 	P90Ms  float64 `json:"p90_ms"`
+	P95Ms  float64 `json:"p95_ms"`
 	P99Ms  float64 `json:"p99_ms"`
+	MinMs  float64 `json:"min_ms"`
 	MaxMs  float64 `json:"max_ms"`
 	MeanMs float64 `json:"mean_ms"`
+	// RPS is Count over the run's duration (requests per second).
+	RPS float64 `json:"rps"`
 	// Histogram is the latency histogram every figure above comes from.
 	Histogram *Histogram `json:"histogram"`
 }
@@ -238,8 +264,18 @@ type Timeline struct {
 // fillStats derives the quantile fields from the histogram.
 func (o *OpReport) fillStats() {
 	h := o.Histogram
-	o.P50Ms, o.P90Ms, o.P99Ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.9)), ms(h.Quantile(0.99))
-	o.MaxMs, o.MeanMs = ms(h.Max()), ms(h.Mean())
+	o.P50Ms, o.P90Ms, o.P95Ms, o.P99Ms = ms(h.Quantile(0.5)), ms(h.Quantile(0.9)), ms(h.Quantile(0.95)), ms(h.Quantile(0.99))
+	o.MinMs, o.MaxMs, o.MeanMs = ms(h.Min()), ms(h.Max()), ms(h.Mean())
+}
+
+// fillRates sets each operation's RPS from the run's duration.
+func (r *Report) fillRates() {
+	for _, o := range r.Operations {
+		o.RPS = 0
+		if r.DurationS > 0 {
+			o.RPS = math.Round(float64(o.Count)/r.DurationS*1000) / 1000
+		}
+	}
 }
 
 // newOpReports returns an empty report for every operation.
@@ -323,6 +359,12 @@ func ReadReport(path string) (*Report, error) {
 				path, s.name, s.sum.Count, s.sum.Histogram.Count())
 		}
 	}
+	if r.Series != nil {
+		if err := r.Series.check(); err != nil {
+			return nil, fmt.Errorf("report %s: %w", path, err)
+		}
+		r.Series.fillStats()
+	}
 	return &r, nil
 }
 
@@ -381,6 +423,14 @@ func Merge(reports ...*Report) (*Report, error) {
 		out.Handshakes.Resumed += r.Handshakes.Resumed
 		out.Memory.PeakBytes += r.Memory.PeakBytes
 		out.Memory.BaselineBytes += r.Memory.BaselineBytes
+		out.Memory.RSSBytes += r.Memory.RSSBytes
+		out.Memory.PeakRSSBytes += r.Memory.PeakRSSBytes
+		out.BytesIn += r.BytesIn
+		out.BytesOut += r.BytesOut
+		if out.Run == nil && r.Run != nil {
+			run := *r.Run
+			out.Run = &run
+		}
 		d := &out.Deployments
 		d.Started += r.Deployments.Started
 		d.Succeeded += r.Deployments.Succeeded
@@ -424,11 +474,27 @@ func Merge(reports ...*Report) (*Report, error) {
 	out.Deployments.fillStats()
 	out.DurationS = out.Ended.Sub(out.Started).Seconds()
 	out.Memory.PerDeviceKiB = perDeviceKiB(out.Memory, out.Devices)
+	out.Memory.RSSPerDeviceKiB = rssPerDeviceKiB(out.Memory.RSSBytes, out.Devices)
+	out.fillRates()
 	tl, err := mergeTimelines(reports, slices.Max(steps))
 	if err != nil {
 		return nil, err
 	}
 	out.Timeline = tl
+	var seriesSteps []float64
+	for _, r := range reports {
+		if r.Series != nil && len(r.Series.Points) > 0 {
+			seriesSteps = append(seriesSteps, r.Series.StepS)
+		}
+		// The markers are aligned on each shard's start, as the timelines.
+		out.Markers = append(out.Markers, r.Markers...)
+	}
+	slices.SortStableFunc(out.Markers, func(a, b Marker) int { return cmpFloat(a.AtS, b.AtS) })
+	if len(seriesSteps) > 0 {
+		if out.Series, err = mergeSeries(reports, slices.Max(seriesSteps)); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
@@ -483,6 +549,23 @@ func mergeTimelines(reports []*Report, step float64) (Timeline, error) {
 	return out, nil
 }
 
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func rssPerDeviceKiB(rss uint64, devices int) float64 {
+	if devices <= 0 {
+		return 0
+	}
+	return math.Round(float64(rss)/float64(devices)/1024*10) / 10
+}
+
 func perDeviceKiB(m Memory, devices int) float64 {
 	if devices <= 0 || m.PeakBytes <= m.BaselineBytes {
 		return 0
@@ -514,6 +597,13 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	fmt.Fprintf(&b, "handshakes   %d full, %d resumed\n", r.Handshakes.Full, r.Handshakes.Resumed)
 	fmt.Fprintf(&b, "memory       peak %.1f MiB; %.1f KiB per device, measured with %d devices\n",
 		float64(r.Memory.PeakBytes)/(1<<20), r.Memory.PerDeviceKiB, r.Devices)
+	if r.Memory.RSSBytes > 0 {
+		fmt.Fprintf(&b, "  RSS        %.1f MiB at the end, peak %.1f MiB; %.1f KiB per device\n",
+			float64(r.Memory.RSSBytes)/(1<<20), float64(r.Memory.PeakRSSBytes)/(1<<20), r.Memory.RSSPerDeviceKiB)
+	}
+	if r.BytesIn > 0 || r.BytesOut > 0 {
+		fmt.Fprintf(&b, "bytes        %d in, %d out\n", r.BytesIn, r.BytesOut)
+	}
 	d := r.Deployments
 	fmt.Fprintf(&b, "deployments  %d started: %d succeeded, %d failed, %d aborted, %d incomplete; %d bytes downloaded\n",
 		d.Started, d.Succeeded, d.Failed, d.Aborted, d.Incomplete, d.DownloadedBytes)
@@ -531,12 +621,33 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "operation\tcount\terrors\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors by kind\t")
+	fmt.Fprintln(tw, "operation\tcount\terrors\terr rate\tmin ms\tmean ms\tp50 ms\tp90 ms\tp95 ms\tp99 ms\tmax ms\treq/s\terrors by kind\t")
+	rows := 0
 	for _, name := range r.OperationNames() {
 		o := r.Operations[name]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t\n", name, o.Count, o.Errors, o.P50Ms, o.P90Ms, o.P99Ms, o.MaxMs, kinds(o.ErrorsByKind))
+		if o.Count == 0 {
+			continue // no row for an operation that never ran
+		}
+		rows++
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%s\t\n", name, o.Count, o.Errors,
+			percent(float64(o.Errors)/float64(o.Count)), o.MinMs, o.MeanMs, o.P50Ms, o.P90Ms, o.P95Ms, o.P99Ms, o.MaxMs, o.RPS, kinds(o.ErrorsByKind))
 	}
-	return tw.Flush()
+	if rows == 0 {
+		fmt.Fprintln(tw, "(no request finished)")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(r.Thresholds) == 0 {
+		return nil
+	}
+	var tb strings.Builder
+	fmt.Fprintf(&tb, "\nTHRESHOLDS   %d of %d passed\n", len(r.Thresholds)-r.FailedThresholds(), len(r.Thresholds))
+	for _, t := range r.Thresholds {
+		fmt.Fprintf(&tb, "  %s\n", t.Line())
+	}
+	_, err := io.WriteString(w, tb.String())
+	return err
 }
 
 // failureReasons explains Failed: how many failures were on purpose, at
@@ -608,6 +719,14 @@ func kinds(m map[string]uint64) string {
 	return strings.Join(parts, " ")
 }
 
+// seriesGauges reads the device states and the connection counts for a
+// point of the series.
+func (f *Fleet) seriesGauges() seriesGauges {
+	g := seriesGauges{conns: int(f.pool.open.Load()), waiting: int(f.pool.waiting.Load())}
+	g.pending, g.failing = f.states()
+	return g
+}
+
 // report builds the report at the end of a run.
 func (f *Fleet) report(ended time.Time) *Report {
 	c := f.col
@@ -637,6 +756,7 @@ func (f *Fleet) report(ended time.Time) *Report {
 		Operations: map[string]*OpReport{},
 	}
 	r.Pending, r.Failing = f.states()
+	r.Storm = f.stormReport()
 	r.Memory.PerDeviceKiB = perDeviceKiB(r.Memory, r.Devices)
 	r.Deployments.fillStats()
 	if d, ok := c.timeToAllAccepted(); ok {
@@ -670,5 +790,13 @@ func (f *Fleet) report(ended time.Time) *Report {
 	for i, p := range pts {
 		r.Timeline.Accepted[i], r.Timeline.Requests[i], r.Timeline.Errors[i] = p.Accepted, p.Requests, p.Errors
 	}
+	c.tlMu.Lock()
+	r.Series = c.series.snapshot()
+	c.tlMu.Unlock()
+	r.BytesIn, r.BytesOut = c.bytesIn.Load(), c.bytesOut.Load()
+	st := procStatus("VmRSS", "VmHWM")
+	r.Memory.RSSBytes, r.Memory.PeakRSSBytes = st["VmRSS"], st["VmHWM"]
+	r.Memory.RSSPerDeviceKiB = rssPerDeviceKiB(r.Memory.RSSBytes, r.Devices)
+	r.fillRates()
 	return r
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -374,7 +378,8 @@ func TestWriteSummaryAndHTML(t *testing.T) {
 	require.NoError(t, r.WriteHTML(&page))
 	html := page.String()
 	assert.True(t, strings.HasPrefix(html, "<!DOCTYPE html>"))
-	assert.Equal(t, 2+len(Operations), strings.Count(html, "<svg "), "two time charts and one histogram per operation")
+	assert.Equal(t, 3+2*2, strings.Count(html, "<svg "),
+		"devices, rates and throughput over time, then a latency chart and a histogram for each of the two operations that ran")
 	assert.Contains(t, html, "<polyline", "the accepted and rate lines are drawn")
 	assert.Contains(t, html, "<rect", "histogram bars are drawn")
 	assert.NotContains(t, html, "<script>", "report text is escaped")
@@ -411,13 +416,47 @@ func TestWriteMetrics(t *testing.T) {
 		"fleet_devices_pending 1\n",
 		"fleet_devices_failing 1\n",
 		`fleet_requests_total{op="auth"} 2` + "\n",
-		`fleet_request_errors_total{op="auth",kind="http_401"} 1` + "\n",
-		`fleet_request_errors_total{op="inventory",kind="http_503"} 1` + "\n",
+		`fleet_request_errors_total{kind="http_401",op="auth"} 1` + "\n",
+		`fleet_request_errors_total{kind="http_503",op="inventory"} 1` + "\n",
 		`fleet_request_duration_seconds_bucket{op="auth",le="0.005"} 2` + "\n",
 		`fleet_tls_handshakes_total{type="full"} 1` + "\n",
 		`fleet_deployments_total{outcome="succeeded"} 0` + "\n",
+		"# TYPE go_goroutines gauge\n",
+		"# TYPE process_resident_memory_bytes gauge\n",
 	} {
 		assert.Contains(t, out, want)
 	}
 	assert.NotContains(t, out, "fleet_all_accepted_seconds", "absent until every device is accepted")
+	assert.NotContains(t, out, `op="other"`, "only the standard operations are exported")
+
+	// The registry is the fleet's own, and what the handler serves.
+	assert.NotSame(t, prometheus.DefaultRegisterer, f.Registry())
+	assert.Same(t, f.Registry(), f.Registry())
+	n, err := testutil.GatherAndCount(f.Registry(), "fleet_request_duration_seconds")
+	require.NoError(t, err)
+	assert.Equal(t, len(Operations), n, "one latency histogram per operation")
+	require.NoError(t, testutil.GatherAndCompare(f.Registry(), strings.NewReader(`# HELP fleet_requests_total Finished exchanges, by operation.
+# TYPE fleet_requests_total counter
+fleet_requests_total{op="auth"} 2
+fleet_requests_total{op="download"} 0
+fleet_requests_total{op="inventory"} 1
+fleet_requests_total{op="log"} 0
+fleet_requests_total{op="next"} 0
+fleet_requests_total{op="status"} 0
+`), "fleet_requests_total"))
+	srv := httptest.NewServer(f.MetricsHandler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	for _, want := range []string{"fleet_devices_accepted 1\n", "go_goroutines ", "process_resident_memory_bytes "} {
+		assert.Contains(t, string(body), want)
+	}
+	resp, err = srv.Client().Get(srv.URL + "/other")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 }
