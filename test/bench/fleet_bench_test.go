@@ -107,7 +107,7 @@ func BenchmarkFleetAccept10k(b *testing.B) {
 				fl, err := fleet.New(fleet.Options{
 					ServerURL: url, RootCAs: roots, Credentials: creds, Ramp: ramp,
 					PollInterval: time.Minute, InventoryInterval: time.Hour, RetryInterval: 5 * time.Second,
-					DisableKeepAlives: !tc.keepAlive, IdleConnTimeout: 10 * time.Minute,
+					KeepAlive: tc.keepAlive, IdleConnTimeout: 10 * time.Minute,
 				})
 				if err != nil {
 					b.Fatal(err)
