@@ -26,12 +26,15 @@ const (
 	// a bound a herd of thousands of handshakes shares the CPU so thinly
 	// that none finishes within its deadline and all the work is lost.
 	DefaultHandshakesPerCPU = 8
-	// DefaultHandshakeWait is the zero value of Options.HandshakeWait: a
+	// DefaultHandshakeWait is the zero value of Options.HandshakeWait. A
 	// device's own TLS handshake timeout is typically 10 s (Go's
-	// http.Transport), so a wait of 2 s plus the handshake still fits in it,
-	// and 8 slots per core clear a queue of thousands in that time; a device
-	// closed earlier retries with its backoff, which costs the server nothing.
-	DefaultHandshakeWait = 2 * time.Second
+	// http.Transport, the device agent, the fleet simulator), so a wait of
+	// 8 s plus the handshake still fits in it. Waiting costs a descriptor
+	// and a goroutine; a reset costs the device a retry with its backoff,
+	// which in a herd is tens of seconds. Measured with 10,000 devices
+	// started at once on 2 cores (make bench, BenchmarkStormVsCryptoBound):
+	// a 2 s wait reset 24,473 connections and took 143.7 s to accept them all.
+	DefaultHandshakeWait = 8 * time.Second
 	// DefaultIdleTimeout is the zero value of Options.IdleTimeout. Devices
 	// poll every few minutes to every half hour; keeping their connections
 	// open in between would hold descriptors for nothing.
