@@ -467,8 +467,6 @@ func (s *Server) mgmtSubject(r *http.Request) string {
 	if err != nil {
 		return ""
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	c, err := s.key.verify(tok)
 	if err != nil {
 		return ""
