@@ -35,6 +35,7 @@ type recorder struct {
 	hold time.Duration
 
 	open, peakOpen     atomic.Int64
+	conns              atomic.Int64 // connections accepted in all
 	active, peakActive atomic.Int64
 	mu                 sync.Mutex
 	tokens             map[string]string    // device token -> MAC of the auth request
@@ -59,6 +60,7 @@ func newRecorder(t *testing.T, hold time.Duration) *recorder {
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		switch s {
 		case http.StateNew:
+			rec.conns.Add(1)
 			peak(&rec.peakOpen, rec.open.Add(1))
 		case http.StateClosed, http.StateHijacked:
 			rec.open.Add(-1)
@@ -268,6 +270,9 @@ func TestFleetHoldsNoConnectionBetweenSteps(t *testing.T) {
 			} else {
 				assert.Zero(t, idle.Load(), "idle devices hold no connection")
 			}
+			// The first update check follows the authenticating inventory
+			// step at once, on the same connection.
+			assert.Equal(t, int64(10), rec.conns.Load(), "one connection per device for auth, inventory and the first poll")
 		})
 	}
 }

@@ -108,10 +108,18 @@ func (d *device) fire(job client.Job) {
 	d.running++
 	d.mu.Unlock()
 	wait := d.c.Step(ctx, job, &d.steps[job])
+	// The first inventory step that authenticates starts the update
+	// checks at once, as client.Run does; the device keeps its connection
+	// for that first check instead of making a new one a moment later.
+	startUpdate := job == client.JobInventory && ctx.Err() == nil && d.c.Authenticated()
 	d.mu.Lock()
+	if startUpdate {
+		startUpdate = !d.updateStarted
+		d.updateStarted = true
+	}
 	d.running--
 	switch {
-	case d.running > 0:
+	case d.running > 0 || startUpdate:
 		d.mu.Unlock()
 	case d.f.opts.KeepAlive:
 		d.f.pool.park(d)
@@ -127,14 +135,8 @@ func (d *device) fire(job client.Job) {
 	if ctx.Err() != nil {
 		return
 	}
-	if job == client.JobInventory && d.c.Authenticated() {
-		d.mu.Lock()
-		start := !d.updateStarted
-		d.updateStarted = true
-		d.mu.Unlock()
-		if start {
-			d.arm(client.JobUpdate, 0)
-		}
+	if startUpdate {
+		d.arm(client.JobUpdate, 0)
 	}
 	d.arm(job, wait)
 }
