@@ -19,6 +19,7 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/ambassador"
 	"github.com/mender-mtls/mtls-agent/internal/atomicfile"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
+	"github.com/mender-mtls/mtls-agent/internal/memconn"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
 
@@ -239,9 +240,17 @@ func deviceURL(pk *pki.ServerPKIResult, addr net.Addr) (string, string) {
 // close one the ambassador is about to reuse. No WriteTimeout: it would cut
 // artifact downloads to slow devices.
 func backendServer(h http.Handler, cert tls.Certificate, log *slog.Logger) *http.Server {
+	srv := plainBackendServer(h, log)
+	srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	return srv
+}
+
+// plainBackendServer is backendServer without TLS: the backend's server on
+// the in-process link from the ambassador (serve --mtls), with the same
+// timeouts.
+func plainBackendServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       40 * time.Second,
 		IdleTimeout:       5 * time.Minute,
@@ -252,8 +261,14 @@ func backendServer(h http.Handler, cert tls.Certificate, log *slog.Logger) *http
 // serveUntilDone serves TLS on ln until ctx is done, then shuts down
 // gracefully, letting in-flight requests finish for up to 5 s.
 func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, log *slog.Logger) error {
+	return serveUntil(ctx, srv, func() error { return srv.ServeTLS(ln, "", "") }, log)
+}
+
+// serveUntil runs serve (one of srv's Serve methods) until ctx is done and
+// then shuts srv down as serveUntilDone does.
+func serveUntil(ctx context.Context, srv *http.Server, serve func() error, log *slog.Logger) error {
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- serve() }()
 	select {
 	case err := <-errc:
 		return err
@@ -308,6 +323,11 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // the backend listener's certificate (issued in memory for the
 // --backend-listen host, so the backend is reachable at its address
 // whatever names server.crt has); the ambassador serves server.crt.
+// The ambassador reaches the backend in process, over memconn with plain
+// HTTP (no second TLS hop, no sockets); the backend's TLS listener is for
+// management clients and tools. The backend sees the same request either
+// way: the ambassador's X-Forwarded-Proto and X-Forwarded-Host, from which
+// it builds artifact links, do not depend on the link.
 // DIR/blacklist and DIR/crl.pem are created empty when absent and reloaded
 // when they change (no CRL for a CA that may not sign one).
 func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, backend *fakemender.Server, log *slog.Logger, stdout io.Writer) error {
@@ -349,19 +369,20 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		return fmt.Errorf("--backend-listen %s: %w", f.backendListen, err)
 	}
 	raiseFileLimit(log)
+	link := memconn.Listen(inProcessBackendHost)
 	opts := ambassador.Options{
-		Upstream:       &url.URL{Scheme: "https", Host: dialAddr(bln.Addr())},
-		UpstreamCAFile: pk.CACert,
-		User:           f.user,
-		Password:       f.password,
-		ServerCertFile: pk.ServerCert,
-		ServerKeyFile:  pk.ServerKey,
-		ClientCAFiles:  []string{pk.CACert},
-		BlacklistFile:  blacklist,
-		CRLFiles:       crls,
-		BindIdentity:   binds,
-		IdentityKeys:   keys,
-		Logger:         log.With("component", "ambassador"),
+		Upstream:            &url.URL{Scheme: "http", Host: inProcessBackendHost},
+		UpstreamDialContext: link.DialContext,
+		User:                f.user,
+		Password:            f.password,
+		ServerCertFile:      pk.ServerCert,
+		ServerKeyFile:       pk.ServerKey,
+		ClientCAFiles:       []string{pk.CACert},
+		BlacklistFile:       blacklist,
+		CRLFiles:            crls,
+		BindIdentity:        binds,
+		IdentityKeys:        keys,
+		Logger:              log.With("component", "ambassador"),
 	}
 	f.conns.apply(&opts)
 	amb, err := ambassador.New(opts)
@@ -391,6 +412,7 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 		fmt.Fprintf(stdout, "               %s\n", note)
 	}
 	fmt.Fprintf(stdout, "  backend:     https://%s   (management API)\n", bln.Addr())
+	fmt.Fprintf(stdout, "  device link: in process   (the ambassador hands device requests to the backend in memory, no second TLS hop)\n")
 	fmt.Fprintf(stdout, "  status:      http://%s/status\n", sln.Addr())
 	fmt.Fprintf(stdout, "  device CA:   %s   (sign devices: simulator pki device --dir %s --cn NAME --out OUTDIR)\n", pk.CACert, f.dir)
 	fmt.Fprintf(stdout, "  revocation:  %s\n", revocation)
@@ -400,25 +422,25 @@ func serveMTLS(ctx context.Context, f *serveFlags, pk *pki.ServerPKIResult, back
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	backendErr := make(chan error, 1)
+	backendErr := make(chan error, 2)
 	go func() { backendErr <- serveUntilDone(ctx, backendServer(backend, bcert, log), bln, log) }()
+	inProcess := plainBackendServer(backend, log)
+	go func() {
+		backendErr <- serveUntil(ctx, inProcess, func() error { return inProcess.Serve(link) }, log.With("link", "in-process"))
+	}()
 	err = runAmbassador(ctx, amb, aln, sln, log)
 	cancel()
-	if berr := <-backendErr; err == nil {
-		err = berr
+	for range 2 {
+		if berr := <-backendErr; err == nil {
+			err = berr
+		}
 	}
 	return err
 }
 
-// dialAddr is the address to dial a listener at: its own, or loopback for
-// one on every address (0.0.0.0, ::), which is no destination.
-func dialAddr(a net.Addr) string {
-	host, port, err := net.SplitHostPort(a.String())
-	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
-		return net.JoinHostPort("127.0.0.1", port)
-	}
-	return a.String()
-}
+// inProcessBackendHost is the host of the ambassador's Upstream URL in
+// serve --mtls: a name for the in-process link, never resolved or dialed.
+const inProcessBackendHost = "backend.internal"
 
 // backendCert issues, in memory, the certificate of the backend's private
 // listener behind the ambassador: signed by ca for hosts, valid for as long

@@ -248,23 +248,7 @@ func TestServeArtifactDirAndUploadLimit(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 
 	upload := func(payload int) *http.Response {
-		var art bytes.Buffer
-		require.NoError(t, artifact.Write(&art, artifact.WriteOptions{Name: "r" + strconv.Itoa(payload), DeviceTypes: []string{"qemu"}, Type: "single-file",
-			Compression: artifact.None, Files: []artifact.InputFile{artifact.FileFromBytes("f.bin", bytes.Repeat([]byte{'x'}, payload))}}))
-		var form bytes.Buffer
-		mw := multipart.NewWriter(&form)
-		fw, err := mw.CreateFormFile("artifact", "a.mender")
-		require.NoError(t, err)
-		_, err = fw.Write(art.Bytes())
-		require.NoError(t, err)
-		require.NoError(t, mw.Close())
-		r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, m[1]+"/api/management/v1/deployments/artifacts", &form)
-		require.NoError(t, err)
-		r.Header.Set("Content-Type", mw.FormDataContentType())
-		r.Header.Set("Authorization", "Bearer "+string(tok))
-		resp, err := client.Do(r)
-		require.NoError(t, err)
-		resp.Body.Close()
+		resp, _ := uploadTestArtifact(t, client, m[1], string(tok), payload)
 		return resp
 	}
 	resp = upload(100)
@@ -272,6 +256,116 @@ func TestServeArtifactDirAndUploadLimit(t *testing.T) {
 	id := strings.TrimPrefix(resp.Header.Get("Location"), "/api/management/v1/deployments/artifacts/")
 	assert.FileExists(t, filepath.Join(dir, "artifacts", id+".mender"))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, upload(30000).StatusCode)
+}
+
+// uploadTestArtifact uploads a single-file artifact named r<payload> for
+// device type qemu with a payload of that many bytes through the
+// management API at base, and returns the answer and the artifact's bytes.
+func uploadTestArtifact(t *testing.T, client *http.Client, base, token string, payload int) (*http.Response, []byte) {
+	t.Helper()
+	var art bytes.Buffer
+	require.NoError(t, artifact.Write(&art, artifact.WriteOptions{Name: "r" + strconv.Itoa(payload), DeviceTypes: []string{"qemu"}, Type: "single-file",
+		Compression: artifact.None, Files: []artifact.InputFile{artifact.FileFromBytes("f.bin", bytes.Repeat([]byte{'x'}, payload))}}))
+	var form bytes.Buffer
+	mw := multipart.NewWriter(&form)
+	fw, err := mw.CreateFormFile("artifact", "a.mender")
+	require.NoError(t, err)
+	_, err = fw.Write(art.Bytes())
+	require.NoError(t, err)
+	require.NoError(t, mw.Close())
+	r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+"/api/management/v1/deployments/artifacts", &form)
+	require.NoError(t, err)
+	r.Header.Set("Content-Type", mw.FormDataContentType())
+	r.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(r)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp, art.Bytes()
+}
+
+// serve --mtls hands device traffic to the backend in process; the backend
+// still builds download links on the ambassador's https URL (the device's
+// scheme and host, from the ambassador's X-Forwarded-* headers), and the
+// artifact downloads through the ambassador. Management clients still use
+// the backend's own TLS listener.
+func TestServeMTLSDeviceTrafficInProcess(t *testing.T) {
+	dir := t.TempDir()
+	out := startServeCmd(t, "--dir", dir, "--listen", "127.0.0.1:0", "--state", "none", "--mtls",
+		"--status-listen", "127.0.0.1:0", "--log-level", "error")
+	assert.Contains(t, out, "device link: in process")
+	devURL := regexp.MustCompile(`URL: +(https://\S+)`).FindStringSubmatch(out)
+	require.Len(t, devURL, 2, out)
+	backendURL := regexp.MustCompile(`backend: +(https://\S+)`).FindStringSubmatch(out)
+	require.Len(t, backendURL, 2, out)
+
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	key, err := pki.GenerateKey(pki.ECDSAP256)
+	require.NoError(t, err)
+	leaf, err := ca.IssueClient(key.Public(), "dev-1", time.Hour)
+	require.NoError(t, err)
+	device := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}}}}}
+	mgmt := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+
+	body, err := menderapi.BuildAuthRequest(`{"mac":"52:54:00:00:00:01"}`, key.Public(), "")
+	require.NoError(t, err)
+	sig, err := menderapi.Sign(key, body)
+	require.NoError(t, err)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, devURL[1]+menderapi.PathAuthRequests, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set(menderapi.HeaderContentType, menderapi.ContentTypeJSON)
+	req.Header.Set(menderapi.HeaderSignature, sig)
+	resp, err := device.Do(req)
+	require.NoError(t, err)
+	jwt, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the ambassador preauthorizes and the device is accepted: %s", jwt)
+
+	login, err := http.NewRequestWithContext(t.Context(), http.MethodPost, backendURL[1]+menderapi.PathLogin, nil)
+	require.NoError(t, err)
+	login.SetBasicAuth(fakemender.DefaultUser, defaultServePassword)
+	resp, err = mgmt.Do(login)
+	require.NoError(t, err)
+	tok, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "management login on the backend's TLS listener")
+	resp, art := uploadTestArtifact(t, mgmt, backendURL[1], string(tok), 300)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	dep, err := http.NewRequestWithContext(t.Context(), http.MethodPost, backendURL[1]+"/api/management/v1/deployments/deployments",
+		strings.NewReader(`{"name":"in-process","artifact_name":"r300","all_devices":true}`))
+	require.NoError(t, err)
+	dep.Header.Set("Content-Type", "application/json")
+	dep.Header.Set("Authorization", "Bearer "+string(tok))
+	resp, err = mgmt.Do(dep)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+
+	deviceGet := func(u string) (int, []byte) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+string(jwt))
+		resp, err := device.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	code, next := deviceGet(devURL[1] + menderapi.PathNextV1 + "?artifact_name=r0&device_type=qemu")
+	require.Equal(t, http.StatusOK, code, "next through the ambassador: %s", next)
+	var instr menderapi.DeploymentInstructions
+	require.NoError(t, json.Unmarshal(next, &instr))
+	assert.True(t, strings.HasPrefix(instr.Artifact.Source.URI, devURL[1]+"/"),
+		"the download link is on the ambassador's https URL %s, not the in-process link: %s", devURL[1], instr.Artifact.Source.URI)
+	code, got := deviceGet(instr.Artifact.Source.URI)
+	require.Equal(t, http.StatusOK, code, "download through the ambassador")
+	assert.Equal(t, art, got, "the artifact arrives whole")
 }
 
 // serve --mtls serves the ambassador through its connection-bounding

@@ -100,6 +100,14 @@ type Options struct {
 	// Upstream is the Mender server base URL (http or https, optionally with
 	// a path prefix). Required.
 	Upstream *url.URL
+	// UpstreamDialContext, when set, opens the built-in transport's
+	// connections to the upstream instead of a TCP dial, for example
+	// memconn's DialContext when the backend runs in the same process.
+	// With an http Upstream the link carries plain HTTP; with https TLS is
+	// still spoken over the connections it returns. Every dial is bounded
+	// by a 10 s timeout, and no HTTP proxy from the environment is used.
+	// It may not be combined with Transport. nil = dial TCP.
+	UpstreamDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// UpstreamCAFile is a PEM file of extra CAs trusted for the upstream's
 	// TLS certificate, in addition to the system roots. "" = system roots only.
 	UpstreamCAFile string
@@ -307,6 +315,9 @@ func New(opts Options) (*Ambassador, error) {
 	a.limiter = newUpstreamLimiter(a.transport, opts.UpstreamMaxConns, opts.UpstreamWaitTimeout, a.noteUpstreamBusy)
 	a.transport = a.limiter // proxied and management requests share the slots
 	a.perCert = newCertLimiter(opts.MaxInflightPerCert)
+	if opts.UpstreamDialContext != nil && opts.Transport == nil {
+		a.log.Info("upstream connections come from UpstreamDialContext, not a TCP dial", "upstream", opts.Upstream.Redacted())
+	}
 	if opts.UpstreamInsecureSkipVerify {
 		a.log.Warn("upstream TLS verification is off; use only for tests", "upstream", opts.Upstream.Redacted())
 	}
@@ -425,6 +436,10 @@ func validateOptions(o *Options) error {
 	if o.PreauthCacheTTL == 0 {
 		o.PreauthCacheTTL = DefaultPreauthCacheTTL
 	}
+	if o.UpstreamDialContext != nil && o.Transport != nil {
+		bad("UpstreamDialContext and Transport are both set; UpstreamDialContext applies to the built-in transport only, " +
+			"so dial with it in Transport or leave Transport nil")
+	}
 	if o.Upstream != nil {
 		u := *o.Upstream // the caller may reuse its URL
 		o.Upstream = &u
@@ -456,9 +471,19 @@ func newUpstreamTransport(o Options) (*http.Transport, error) {
 		}
 		tlsCfg.RootCAs = pool
 	}
+	proxy := http.ProxyFromEnvironment
+	dial := (&net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if d := o.UpstreamDialContext; d != nil {
+		proxy = nil // the caller's link leads to the upstream itself
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, upstreamDialTimeout)
+			defer cancel()
+			return d(ctx, network, addr)
+		}
+	}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:                 proxy,
+		DialContext:           dial,
 		TLSClientConfig:       tlsCfg,
 		TLSHandshakeTimeout:   upstreamTLSHandshakeTimeout,
 		ResponseHeaderTimeout: o.RequestTimeout,

@@ -42,7 +42,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -60,6 +59,7 @@ import (
 
 	"github.com/mender-mtls/mtls-agent/internal/ambassador"
 	"github.com/mender-mtls/mtls-agent/internal/fakemender"
+	"github.com/mender-mtls/mtls-agent/internal/memconn"
 	"github.com/mender-mtls/mtls-agent/internal/pki"
 )
 
@@ -89,7 +89,9 @@ type servers struct {
 // startServers runs fakemender (v2 next enabled, so one poll is one
 // request; autoAccept for devices that talk to it directly) and the
 // ambassador on loopback with the PKI in dir (from pki.EnsureServerPKI)
-// until close is called.
+// until close is called. As in `simulator serve --mtls`, the ambassador
+// reaches the backend in process (memconn, plain HTTP); the backend's TLS
+// listener is for the devices that talk to it directly.
 func startServers(dir string, autoAccept bool) (*servers, error) {
 	pk, err := pki.EnsureServerPKI(dir, []string{"127.0.0.1"})
 	if err != nil {
@@ -103,12 +105,6 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 	if err != nil {
 		return nil, err
 	}
-	caPEM, err := os.ReadFile(pk.CACert)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
 	quiet := slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
 	bln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -117,25 +113,31 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 	bsrv := &http.Server{Handler: backend, ErrorLog: quiet, ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}}
 	go func() { _ = bsrv.ServeTLS(bln, "", "") }()
+	link := memconn.Listen("backend.internal")
+	lsrv := &http.Server{Handler: backend, ErrorLog: quiet, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = lsrv.Serve(link) }()
 	// The ambassador's own upstream transport (bounded to 256 connections)
 	// is what is measured; FLEET_BENCH_UPSTREAM_CONNS=N swaps in a transport
-	// bounded to N connections, to compare pool sizes.
+	// bounded to N connections over the same link, to compare pool sizes.
 	var upstream http.RoundTripper
+	dial := link.DialContext
 	if conns := envOr("FLEET_BENCH_UPSTREAM_CONNS", 0); conns > 0 {
 		upstream = &http.Transport{
-			TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool},
+			DialContext:     link.DialContext,
 			MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns, MaxIdleConns: conns,
-			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: time.Minute,
+			IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: time.Minute,
 		}
+		dial = nil // the swapped-in transport dials
 	}
 	amb, err := ambassador.New(ambassador.Options{
-		Transport: upstream,
-		Upstream:  &url.URL{Scheme: "https", Host: bln.Addr().String()}, UpstreamCAFile: pk.CACert,
-		User: fakemender.DefaultUser, Password: fakemender.DefaultPassword,
+		Transport: upstream, UpstreamDialContext: dial,
+		Upstream: &url.URL{Scheme: "http", Host: "backend.internal"},
+		User:     fakemender.DefaultUser, Password: fakemender.DefaultPassword,
 		ServerCertFile: pk.ServerCert, ServerKeyFile: pk.ServerKey, ClientCAFiles: []string{pk.CACert},
 	})
 	if err != nil {
 		bsrv.Close()
+		lsrv.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -144,6 +146,7 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 	if err != nil {
 		cancel()
 		bsrv.Close()
+		lsrv.Close()
 		return nil, err
 	}
 	asrv := amb.Server() // the connection and handshake bounds of a real ambassador
@@ -158,6 +161,9 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 		}
 		if time.Now().After(deadline) {
 			cancel()
+			asrv.Close()
+			bsrv.Close()
+			lsrv.Close()
 			return nil, fmt.Errorf("ambassador not ready")
 		}
 		time.Sleep(20 * time.Millisecond) // waiting for the management login, not measuring
@@ -166,6 +172,7 @@ func startServers(dir string, autoAccept bool) (*servers, error) {
 		pk: pk, backend: backend, close: func() {
 			asrv.Close()
 			bsrv.Close()
+			lsrv.Close()
 			cancel()
 			_ = backend.Close() // removes the artifacts a deployment made
 		}}, nil
