@@ -45,7 +45,7 @@ type runFlags struct {
 	out                         reportFlags
 	keepAlive                   bool
 	sourceIPs                   []netip.Addr
-	maxConns                    int
+	maxConns, maxHandshakes     int
 	arrivalRate                 float64
 	reconnectStorm              time.Duration
 	rampSet                     bool
@@ -107,6 +107,16 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		f.maxConns = n
 		return nil
 	})
+	fs.Func("max-handshakes", "at most `N` devices between the start of a step and the end of its TLS handshake; the others wait in\n"+
+		"order: the devices share this machine's cores, and a herd that starts every handshake at once gets none done in time\n"+
+		"(default: "+strconv.Itoa(fleet.DefaultHandshakesPerCPU)+" x GOMAXPROCS)", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q: want a positive number of devices (leave it out for the default)", v)
+		}
+		f.maxHandshakes = n
+		return nil
+	})
 	fs.Func("arrival-rate", "start the devices at a constant `RATE` such as 500/s or 90/m (open model) instead of over --ramp", func(v string) error {
 		r, err := fleet.ParseRate(v)
 		f.arrivalRate = r
@@ -149,8 +159,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	} else {
 		fmt.Fprintln(stdout, limits)
 	}
-	fmt.Fprintf(stdout, "capping open connections at %d (open-file limit %d, %d source addresses)\n",
-		fl.MaxConns(), limits.Soft, max(len(f.sourceIPs), 1))
+	fmt.Fprintf(stdout, "capping open connections at %d (open-file limit %d, %d source addresses), handshakes under way at %d\n",
+		fl.MaxConns(), limits.Soft, max(len(f.sourceIPs), 1), fl.MaxHandshakes())
 	return runFleet(ctx, fl, f.out, stdout, log, nil)
 }
 
@@ -278,7 +288,7 @@ func (f *runFlags) setup(ctx context.Context, log *slog.Logger) (*runSetup, erro
 			DeviceType: f.deviceType, ArtifactName: f.artifactName,
 			Ramp: f.rampUnlessRate(), Duration: f.duration, PollInterval: f.poll, InventoryInterval: f.inventory,
 			RetryInterval: f.retryPoll, Jitter: f.jitter, FailRate: f.failRate, InstallDelay: f.installTime, Logger: log,
-			KeepAlive: f.keepAlive, SourceIPs: f.sourceIPs, MaxConns: f.maxConns, ArrivalRate: f.arrivalRate,
+			KeepAlive: f.keepAlive, SourceIPs: f.sourceIPs, MaxConns: f.maxConns, MaxHandshakes: f.maxHandshakes, ArrivalRate: f.arrivalRate,
 			ReconnectStorm: f.reconnectStorm,
 		},
 		lo: lo, hi: hi, mode: mode, store: res, storeTime: time.Since(start),

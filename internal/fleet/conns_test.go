@@ -44,6 +44,9 @@ type recorder struct {
 	mismatches         []string             // requests on another device's certificate
 	checked            int                  // requests whose certificate was checked
 	storm              map[string]int       // MAC -> successful polls
+	// onHello, when set before the run, is called in every server
+	// handshake when the ClientHello arrives; the handshake waits for it.
+	onHello func()
 }
 
 func newRecorder(t *testing.T, hold time.Duration) *recorder {
@@ -56,6 +59,12 @@ func newRecorder(t *testing.T, hold time.Duration) *recorder {
 	srv := httptest.NewUnstartedServer(rec.handler(backend))
 	srv.TLS = ca.ServerTLSConfig(t)
 	srv.TLS.ClientAuth = tls.RequireAnyClientCert // the test compares certificates, the CA is the test's own
+	srv.TLS.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if rec.onHello != nil {
+			rec.onHello()
+		}
+		return nil, nil
+	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		switch s {

@@ -43,6 +43,9 @@ type device struct {
 	mac   string
 	c     *client.Client
 	state atomic.Uint32
+	// admitted counts the admission slots the device holds: one from the
+	// start of each of its steps until that step's first handshake.
+	admitted atomic.Int32
 
 	// steps[job] is touched only by the job's running step; a job's timer
 	// is re-armed after its step ends, so steps of one job never overlap.
@@ -86,11 +89,20 @@ func (d *device) rearm(job client.Job, after time.Duration) {
 	}
 }
 
-// fire runs one step of job and schedules the next one; after an
-// inventory step it starts the update checks once the device is
-// authenticated, as client.Run does. Without Options.KeepAlive, the
-// device's connections are closed when no step of it is running any more.
+// fire runs one step of job once the fleet admits it (see admission).
 func (d *device) fire(job client.Job) {
+	if d.f.adm.enter(d, job) {
+		d.run(job)
+	}
+}
+
+// run runs one step of job, holding an admission slot until its first
+// handshake (or its end), and schedules the next one; after an inventory
+// step it starts the update checks once the device is authenticated, as
+// client.Run does. Without Options.KeepAlive, the device's connections are
+// closed when no step of it is running any more.
+func (d *device) run(job client.Job) {
+	defer d.leaveAdmission()
 	ctx := d.f.stepCtx(d)
 	if ctx.Err() != nil {
 		return

@@ -146,6 +146,11 @@ type Options struct {
 	// DefaultMaxConns of the open-file soft limit and the source
 	// addresses.
 	MaxConns int
+	// MaxHandshakes bounds the devices between the start of a step and the
+	// end of its TLS handshake; the others wait in order, holding no
+	// goroutine (see DefaultHandshakesPerCPU for why). 0 means
+	// DefaultHandshakesPerCPU x GOMAXPROCS.
+	MaxHandshakes int
 	// DisableResumption turns TLS session resumption off; false gives each
 	// device its own one-entry session cache.
 	DisableResumption bool
@@ -187,6 +192,7 @@ type Fleet struct {
 	inflight sync.WaitGroup
 	rand     func() float64
 	pool     *connPool
+	adm      *admission
 	storm    stormState
 	maxConns int
 }
@@ -238,6 +244,9 @@ func New(opts Options) (*Fleet, error) {
 	} else if opts.ArrivalRate > 0 && opts.Ramp > 0 {
 		bad("ArrivalRate and Ramp are both set: start the devices at a rate or over a ramp, not both")
 	}
+	if opts.MaxHandshakes < 0 {
+		bad("MaxHandshakes %d: want a positive bound, or 0 for %d per core", opts.MaxHandshakes, DefaultHandshakesPerCPU)
+	}
 	if opts.MaxConns < 0 {
 		bad("MaxConns %d: want a positive cap, or 0 to derive it from the open-file limit", opts.MaxConns)
 	}
@@ -280,6 +289,7 @@ func New(opts Options) (*Fleet, error) {
 		f.maxConns = DefaultMaxConns(soft, len(opts.SourceIPs))
 	}
 	f.pool = newConnPool(f, opts.SourceIPs, f.maxConns, len(opts.Credentials))
+	f.adm = newAdmission(f, opts.MaxHandshakes)
 	f.keyType = string(keyTypeOf(opts.Credentials[0].Key))
 	f.mtls = opts.Credentials[0].Cert != nil
 	f.devices = make([]*device, len(opts.Credentials))
@@ -449,8 +459,9 @@ type Progress struct {
 	Requests, Errors uint64
 	RPS              float64
 	// Conns is the number of open device connections; Waiting the number
-	// of devices waiting for a connection slot (Options.MaxConns), and
-	// ConnWaits how often a device had to wait so far.
+	// of device steps waiting for a connection slot (Options.MaxConns) or
+	// for admission (Options.MaxHandshakes), and ConnWaits how often a
+	// device had to wait for a connection slot so far.
 	Conns, Waiting int
 	ConnWaits      uint64
 }
@@ -513,6 +524,10 @@ func shortDuration(d time.Duration) string {
 	return fmt.Sprintf("%02d:%02d", s/60, s%60)
 }
 
+// MaxHandshakes returns the admission bound in force: Options.MaxHandshakes
+// or DefaultHandshakesPerCPU x GOMAXPROCS.
+func (f *Fleet) MaxHandshakes() int { return f.adm.slots }
+
 // MaxConns returns the cap on open connections in force: Options.MaxConns
 // or the one derived from the open-file limit.
 func (f *Fleet) MaxConns() int { return f.maxConns }
@@ -528,7 +543,7 @@ func (f *Fleet) Progress() Progress {
 		Errors:    f.col.totalErrors.Load(),
 		RPS:       f.col.rps(),
 		Conns:     int(f.pool.open.Load()),
-		Waiting:   int(f.pool.waiting.Load()),
+		Waiting:   int(f.pool.waiting.Load() + f.adm.queued.Load()),
 		ConnWaits: f.pool.waits.Load(),
 	}
 	if b := f.begun.Load(); b != nil {

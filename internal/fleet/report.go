@@ -722,7 +722,7 @@ func kinds(m map[string]uint64) string {
 // seriesGauges reads the device states and the connection counts for a
 // point of the series.
 func (f *Fleet) seriesGauges() seriesGauges {
-	g := seriesGauges{conns: int(f.pool.open.Load()), waiting: int(f.pool.waiting.Load())}
+	g := seriesGauges{conns: int(f.pool.open.Load()), waiting: int(f.pool.waiting.Load() + f.adm.queued.Load())}
 	g.pending, g.failing = f.states()
 	return g
 }

@@ -122,7 +122,9 @@ func (f *Fleet) newTransport(d *device) *http.Transport {
 		conn := tls.Client(raw, f.tlsConfig(d, host))
 		hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
 		defer cancel()
-		if err := conn.HandshakeContext(hctx); err != nil {
+		err = conn.HandshakeContext(hctx)
+		d.leaveAdmission() // the costly part of a connection is done
+		if err != nil {
 			_ = raw.Close()
 			return nil, err
 		}
