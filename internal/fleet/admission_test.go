@@ -16,19 +16,25 @@ func TestFleetAdmissionBoundsHandshakes(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		bound int
-		check func(t *testing.T, peak int64)
+		check func(t *testing.T, peak, peakOpen int64)
 	}{
-		{"bound 2", 2, func(t *testing.T, peak int64) { assert.LessOrEqual(t, peak, int64(2)) }},
+		{"bound 2", 2, func(t *testing.T, peak, peakOpen int64) {
+			assert.LessOrEqual(t, peak, int64(2))
+			// A device's first update check follows its inventory step on
+			// the same connection without queueing behind the herd, so the
+			// waiting devices do not hold idle connections open.
+			assert.LessOrEqual(t, peakOpen, int64(6), "open connections while the herd waits")
+		}},
 		// The contrast: without a tight bound the same herd overlaps, so
 		// the first case passes because of the bound.
-		{"bound 1000", 1000, func(t *testing.T, peak int64) { assert.Greater(t, peak, int64(2)) }},
+		{"bound 1000", 1000, func(t *testing.T, peak, _ int64) { assert.Greater(t, peak, int64(2)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := newRecorder(t, 0)
 			var now, highest atomic.Int64
 			rec.onHello = func() {
 				peak(&highest, now.Add(1))
-				time.Sleep(20 * time.Millisecond) // a slow handshake
+				time.Sleep(60 * time.Millisecond) // a slow handshake: the herd queues
 				now.Add(-1)
 			}
 			const n = 30
@@ -41,7 +47,7 @@ func TestFleetAdmissionBoundsHandshakes(t *testing.T) {
 			r := runUntil(t, f, 20*time.Second, func(p Progress) bool { return p.Accepted == n })
 			require.Equal(t, n, r.Accepted, "every device is accepted: %s", errorKindsOf(r))
 			assert.Zero(t, r.ErrorsTotal, "waiting for admission is not an error")
-			tc.check(t, highest.Load())
+			tc.check(t, highest.Load(), rec.peakOpen.Load())
 		})
 	}
 }

@@ -148,7 +148,13 @@ func (d *device) run(job client.Job) {
 		return
 	}
 	if startUpdate {
-		d.arm(client.JobUpdate, 0)
+		// At once and without admission: the step needs no handshake, and
+		// queued behind the herd it would hold its idle connection open.
+		d.f.inflight.Add(1)
+		go func() {
+			defer d.f.inflight.Done()
+			d.run(client.JobUpdate)
+		}()
 	}
 	d.arm(job, wait)
 }
