@@ -74,6 +74,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	applyServeGC(os.Getenv)
 	if errs := f.conns.check(); len(errs) > 0 {
 		return errors.Join(errs...)
 	}
