@@ -49,11 +49,10 @@ import (
 //     request body, found in its JSON and parsed from its PEM as the
 //     backend does (menderapi.ParseAuthRequest).
 //   - jwt: the fake backend's default token algorithm, EdDSA (Ed25519):
-//     signing the device token, and two verifications of tokens by the
-//     backend that belong to the admission: the ambassador's management
-//     token on its preauthorization request (one per new device), and the
-//     device's token on its next request (the backend verifies the
-//     signature of every device token it receives).
+//     signing the device token, and verifying it once, on the device's
+//     first request with it (the backend caches verified tokens, so later
+//     polls and the ambassador's management token, one for every device,
+//     cost no signature check).
 //
 // Left out on purpose: HTTP, JSON encoding, the symmetric record
 // encryption of the exchanged bytes, and the ambassador's upstream TLS
@@ -70,7 +69,6 @@ type admissionKit struct {
 	devices   []admissionDevice
 	jwtKey    ed25519.PrivateKey
 	tokenIn   []byte // header.claims of a device token, as the backend signs it
-	mgmtToken string // a management token of the backend's key
 	curve     atomic.Value
 	keys      string // the key types, for the log
 }
@@ -150,9 +148,6 @@ func newAdmissionKit(tb testing.TB, dir string, creds []*fleet.Credential) *admi
 		tb.Fatal(err)
 	}
 	k.tokenIn = []byte(base64.RawURLEncoding.EncodeToString(hdr) + "." + base64.RawURLEncoding.EncodeToString(claims))
-	mgmtIn := base64.RawURLEncoding.EncodeToString(hdr) + "." + base64.RawURLEncoding.EncodeToString([]byte(
-		`{"jti":"5d1c0b9e-2f3a-4c5d-8e7f-9a0b1c2d3e4f","sub":"admin","iss":"mender.useradm","exp":9999999999,"mender.user":true}`))
-	k.mgmtToken = mgmtIn + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(k.jwtKey, []byte(mgmtIn)))
 	return k
 }
 
@@ -243,20 +238,17 @@ func (k *admissionKit) verify(d *admissionDevice, sig string) error {
 	return nil
 }
 
-// jwt issues the device token and verifies it and the management token,
-// as the backend does.
+// jwt issues the device token and verifies it once, as the backend does.
 func (k *admissionKit) jwt() error {
 	sig := ed25519.Sign(k.jwtKey, k.tokenIn)
 	tok := string(k.tokenIn) + "." + base64.RawURLEncoding.EncodeToString(sig)
-	for _, t := range []string{k.mgmtToken, tok} {
-		i := len(t) - ed25519SigB64Len
-		raw, err := base64.RawURLEncoding.DecodeString(t[i:])
-		if err != nil {
-			return err
-		}
-		if !ed25519.Verify(k.jwtKey.Public().(ed25519.PublicKey), []byte(t[:i-1]), raw) {
-			return errors.New("JWT does not verify")
-		}
+	i := len(tok) - ed25519SigB64Len
+	raw, err := base64.RawURLEncoding.DecodeString(tok[i:])
+	if err != nil {
+		return err
+	}
+	if !ed25519.Verify(k.jwtKey.Public().(ed25519.PublicKey), []byte(tok[:i-1]), raw) {
+		return errors.New("JWT does not verify")
 	}
 	return nil
 }
