@@ -30,7 +30,10 @@ func main() {
 	if bench == "" {
 		bench = "."
 	}
-	goArgs := append([]string{"test", "-run", "^$", "-bench", bench, "-benchmem", "-count", "1"}, args...)
+	// The fleet benchmarks of one package run for longer than go test's
+	// default 10-minute timeout (the 100,000-device start alone takes about
+	// five), so the timeout is an hour.
+	goArgs := append([]string{"test", "-run", "^$", "-bench", bench, "-benchmem", "-count", "1", "-timeout", "60m"}, args...)
 	if bt := os.Getenv("BENCHTIME"); bt != "" {
 		goArgs = append(goArgs, "-benchtime", bt)
 	}
