@@ -147,7 +147,9 @@ func BenchmarkFleetSteadyState(b *testing.B) {
 		b.StopTimer()
 		url := startServerProcess(b, dir)
 		creds, roots := loadCreds(b, dir, n)
-		fl, err := fleet.New(fleet.Options{ServerURL: url, RootCAs: roots, Credentials: creds,
+		// Kept-alive connections: a device polling every 100 ms keeps its
+		// connection, as --keep-alive does.
+		fl, err := fleet.New(fleet.Options{ServerURL: url, RootCAs: roots, Credentials: creds, KeepAlive: true,
 			PollInterval: 100 * time.Millisecond, InventoryInterval: time.Hour, RetryInterval: 5 * time.Second})
 		if err != nil {
 			b.Fatal(err)
