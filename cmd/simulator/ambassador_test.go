@@ -44,7 +44,7 @@ func TestAmbassadorConnectionFlagsHelp(t *testing.T) {
 	_ = cmdAmbassador(t.Context(), []string{"--help"}, &out, &errb, func(string) string { return "" })
 	help := out.String() + errb.String()
 	for _, want := range []string{"--max-conns", "--max-handshakes", "--handshake-wait", "--idle-timeout",
-		"503 with Retry-After", "reset before the handshake", "open-file limit", "default 2s", "default 1m0s"} {
+		"503 with Retry-After", "reset before the handshake", "open-file limit", "default 8s", "default 1m0s"} {
 		assert.Contains(t, help, want)
 	}
 }
