@@ -34,7 +34,7 @@ func TestFleetAdmissionBoundsHandshakes(t *testing.T) {
 			var now, highest atomic.Int64
 			rec.onHello = func() {
 				peak(&highest, now.Add(1))
-				time.Sleep(60 * time.Millisecond) // a slow handshake: the herd queues
+				time.Sleep(150 * time.Millisecond) // a slow handshake: the herd queues, and overlaps without the bound
 				now.Add(-1)
 			}
 			const n = 30
