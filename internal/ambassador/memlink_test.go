@@ -104,24 +104,7 @@ func TestInMemoryUpstream(t *testing.T) {
 // upstream's end is closed when the device goes away.
 func TestWebsocketUpgradeOverInMemoryUpstream(t *testing.T) {
 	e, ws, _ := newMemLinkEnv(t, "http")
-	d := e.newDevice(leafOpts{cn: "dev"})
-	c := e.dialRaw(d)
-	c.upgrade()
-	for _, msg := range []string{"hello", "frame over memconn"} {
-		got, err := c.echo(msg)
-		require.NoError(t, err)
-		assert.Equal(t, msg, got, "the tunnel is byte-transparent")
-	}
-	assert.Equal(t, int32(1), ws.upgrades.Load(), "the upgrade reached the upstream")
-	assert.Equal(t, uint64(1), e.amb.Stats().Upgrades)
-
-	a, err := e.get(d, nextPath)
-	require.NoError(t, err)
-	assert.Equal(t, http.StatusOK, a.status, "plain requests still work beside the tunnel; body %s", a.body)
-
-	require.NoError(t, c.conn.Close())
-	require.Eventually(t, func() bool { return counterValue(e.amb.metrics.requests, "101") == 1 }, 5*time.Second, 5*time.Millisecond,
-		"the tunnel ends once the device closes it")
+	checkWebsocketTunnel(t, e, ws)
 }
 
 // A link that cannot be dialed is an unavailable upstream: 502 to the

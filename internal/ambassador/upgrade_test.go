@@ -177,6 +177,14 @@ func (c *rawConn) requireClosed(d time.Duration, why string) {
 
 func TestWebsocketUpgradeIsProxied(t *testing.T) {
 	e, ws := newWSEnv(t, envConfig{})
+	checkWebsocketTunnel(t, e, ws)
+}
+
+// checkWebsocketTunnel upgrades a device connection through e to ws, checks
+// that the tunnel carries frames both ways beside plain requests, and that
+// the device's close ends it.
+func checkWebsocketTunnel(t *testing.T, e *env, ws *wsUpstream) {
+	t.Helper()
 	d := e.newDevice(leafOpts{cn: "dev"})
 	c := e.dialRaw(d)
 	c.upgrade()
@@ -190,10 +198,10 @@ func TestWebsocketUpgradeIsProxied(t *testing.T) {
 
 	a, err := e.get(d, nextPath)
 	require.NoError(t, err)
-	assert.Equal(t, http.StatusOK, a.status, "plain requests still work; body %s", a.body)
+	assert.Equal(t, http.StatusOK, a.status, "plain requests still work beside the tunnel; body %s", a.body)
 
 	require.NoError(t, c.conn.Close())
-	require.Eventually(t, func() bool { return counterValue(e.amb.metrics.requests, "101") == 1 }, 2*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return counterValue(e.amb.metrics.requests, "101") == 1 }, 5*time.Second, 5*time.Millisecond,
 		"the upgrade is counted as 101 once the device closes the tunnel")
 	assert.Zero(t, e.amb.Stats().UpgradesClosed, "a tunnel the device closed is not counted as closed by the ambassador")
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,13 +170,17 @@ func BenchmarkFleetSteadyState(b *testing.B) {
 	}
 }
 
-// errorKinds lists the errors of r by operation and kind.
+// errorKinds lists the errors of r by operation and kind, or "none".
 func errorKinds(r *fleet.Report) string {
 	var parts []string
 	for _, op := range r.OperationNames() {
-		for k, v := range r.Operations[op].ErrorsByKind {
-			parts = append(parts, fmt.Sprintf("%s %s: %d", op, k, v))
+		byKind := r.Operations[op].ErrorsByKind
+		for _, k := range slices.Sorted(maps.Keys(byKind)) {
+			parts = append(parts, fmt.Sprintf("%s %s: %d", op, k, byKind[k]))
 		}
+	}
+	if len(parts) == 0 {
+		return "none"
 	}
 	return strings.Join(parts, ", ")
 }

@@ -175,78 +175,26 @@ func (r *fleetRun) waitAllAccepted(b *testing.B, limit time.Duration) bool {
 
 // finish ends the run (SIGTERM writes the reports, as Ctrl-C does) and
 // decodes its JSON report.
-func (r *fleetRun) finish(b *testing.B) *stormReport {
+func (r *fleetRun) finish(b *testing.B) *fleet.Report {
 	b.Helper()
 	if code := r.stop(); code != 0 {
 		b.Fatalf("simulator run exited %d:\n%s", code, tail(r.out.String(), 3000))
 	}
-	return readStormReport(b, r.report)
-}
-
-// stormReport is what the storm benchmarks read of the run's JSON report.
-type stormReport struct {
-	Devices            int      `json:"devices"`
-	Accepted           int      `json:"accepted"`
-	Pending            int      `json:"pending"`
-	Failing            int      `json:"failing"`
-	RequestsTotal      uint64   `json:"requests_total"`
-	ErrorsTotal        uint64   `json:"errors_total"`
-	TimeToAllAcceptedS *float64 `json:"time_to_all_accepted_s"`
-	Handshakes         struct {
-		Full    uint64 `json:"full"`
-		Resumed uint64 `json:"resumed"`
-	} `json:"handshakes"`
-	Operations map[string]struct {
-		Count        uint64            `json:"count"`
-		Errors       uint64            `json:"errors"`
-		ErrorsByKind map[string]uint64 `json:"errors_by_kind"`
-	} `json:"operations"`
-	Storm *struct {
-		AtS                   float64  `json:"at_s"`
-		Devices               int      `json:"devices"`
-		ConnectionsClosed     int      `json:"connections_closed"`
-		Recovered             int      `json:"recovered"`
-		RecoveryS             *float64 `json:"recovery_s"` // absent when not every device recovered
-		ConnectionErrorsAfter uint64   `json:"connection_errors_after"`
-	} `json:"storm"`
-}
-
-func readStormReport(b *testing.B, path string) *stormReport {
-	b.Helper()
-	data, err := os.ReadFile(path)
+	rep, err := fleet.ReadReport(r.report)
 	if err != nil {
 		b.Fatalf("the run's report: %v", err)
 	}
-	var r stormReport
-	if err := json.Unmarshal(data, &r); err != nil {
-		b.Fatalf("decode the run's report %s: %v", path, err)
-	}
-	return &r
+	return rep
 }
 
-// retries is the auth requests beyond one per device: pending answers,
-// refusals and errors that the devices retried.
-func (r *stormReport) retries() uint64 {
-	auth := r.Operations["auth"].Count
-	if auth < uint64(r.Devices) {
+// authRetries is the auth requests beyond one per device: pending
+// answers, refusals and errors that the devices retried.
+func authRetries(r *fleet.Report) uint64 {
+	auth, ok := r.Operations["auth"]
+	if !ok || auth.Count < uint64(r.Devices) {
 		return 0
 	}
-	return auth - uint64(r.Devices)
-}
-
-// errorKinds lists the errors by operation and kind, sorted.
-func (r *stormReport) errorKinds() string {
-	var parts []string
-	for op, o := range r.Operations {
-		for k, v := range o.ErrorsByKind {
-			parts = append(parts, fmt.Sprintf("%s %s: %d", op, k, v))
-		}
-	}
-	sort.Strings(parts)
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, ", ")
+	return auth.Count - uint64(r.Devices)
 }
 
 // cpuSeconds returns the user and system CPU time pid has used.
@@ -307,7 +255,7 @@ func BenchmarkStormVsCryptoBound(b *testing.B) {
 		rep := run.finish(b)
 		if !all || rep.TimeToAllAcceptedS == nil {
 			b.Fatalf("not every device was accepted: %d of %d accepted, %d pending, %d failing; errors: %s",
-				rep.Accepted, rep.Devices, rep.Pending, rep.Failing, rep.errorKinds())
+				rep.Accepted, rep.Devices, rep.Pending, rep.Failing, errorKinds(rep))
 		}
 		storm := float64(n) / *rep.TimeToAllAcceptedS
 		b.ReportMetric(0, "ns/op") // the rates are the figures
@@ -315,12 +263,12 @@ func BenchmarkStormVsCryptoBound(b *testing.B) {
 		b.ReportMetric(bound.rate, "bound-devices/s")
 		b.ReportMetric(storm/bound.rate, "ratio")
 		b.ReportMetric(float64(rep.ErrorsTotal), "errors")
-		b.ReportMetric(float64(rep.retries()), "auth-retries")
+		b.ReportMetric(float64(authRetries(rep)), "auth-retries")
 		b.ReportMetric(cpu/float64(n)*1e6, "cpu-us/device")
 		b.ReportMetric(bound.usPer, "bound-us/device")
 		b.Logf("%d devices, no ramp: all accepted in %.1f s (%.0f/s); crypto bound %.0f devices/s (%.0f us CPU each: handshake %.0f, sign %.0f, verify %.0f, jwt %.0f; key share %s); ratio %.2f; %s; serve+run CPU %.0f us per device (includes what they did while the run was ending); %d full and %d resumed handshakes; errors: %s",
 			n, *rep.TimeToAllAcceptedS, storm, bound.rate, bound.usPer, bound.partUs[0], bound.partUs[1], bound.partUs[2], bound.partUs[3],
-			bound.curve, storm/bound.rate, bound.keys, cpu/float64(n)*1e6, rep.Handshakes.Full, rep.Handshakes.Resumed, rep.errorKinds())
+			bound.curve, storm/bound.rate, bound.keys, cpu/float64(n)*1e6, rep.Handshakes.Full, rep.Handshakes.Resumed, errorKinds(rep))
 		srv.stop()
 	}
 }
@@ -366,14 +314,14 @@ func BenchmarkReconnectStorm(b *testing.B) {
 		st := rep.Storm
 		if st.Devices == 0 || st.RecoveryS == nil {
 			b.Fatalf("reconnect storm at %.0f s: %d of %d devices back and polling by the end of the run; %d connection errors after; errors: %s",
-				st.AtS, st.Recovered, st.Devices, st.ConnectionErrorsAfter, rep.errorKinds())
+				st.AtS, st.Recovered, st.Devices, st.ConnectionErrorsAfter, errorKinds(rep))
 		}
 		b.ReportMetric(0, "ns/op")
 		b.ReportMetric(*st.RecoveryS, "s-recovery")
 		b.ReportMetric(float64(st.Recovered)/float64(st.Devices), "recovered/devices")
 		b.ReportMetric(float64(st.ConnectionErrorsAfter), "conn-errors-after")
 		b.Logf("reconnect storm at %.0f s: %d connections cut, %d of %d devices back and polling in %.1f s, %d connection errors after; errors: %s",
-			st.AtS, st.ConnectionsClosed, st.Recovered, st.Devices, *st.RecoveryS, st.ConnectionErrorsAfter, rep.errorKinds())
+			st.AtS, st.ConnectionsClosed, st.Recovered, st.Devices, *st.RecoveryS, st.ConnectionErrorsAfter, errorKinds(rep))
 		srv.stop()
 	}
 }
@@ -411,16 +359,16 @@ func BenchmarkFleet100k(b *testing.B) {
 		rep := run.finish(b)
 		if !all || rep.TimeToAllAcceptedS == nil {
 			b.Fatalf("not every device was accepted: %d of %d accepted, %d pending, %d failing; errors: %s; ambassador refusals: %s",
-				rep.Accepted, rep.Devices, rep.Pending, rep.Failing, rep.errorKinds(), refusals)
+				rep.Accepted, rep.Devices, rep.Pending, rep.Failing, errorKinds(rep), refusals)
 		}
 		b.ReportMetric(0, "ns/op")
 		b.ReportMetric(*rep.TimeToAllAcceptedS, "s-all-accepted")
 		b.ReportMetric(float64(n) / *rep.TimeToAllAcceptedS, "devices/s")
 		b.ReportMetric(float64(rep.ErrorsTotal), "errors")
-		b.ReportMetric(float64(rep.retries()), "auth-retries")
+		b.ReportMetric(float64(authRetries(rep)), "auth-retries")
 		b.ReportMetric(float64(rssKiB)/float64(n), "RSS-KiB/device")
 		b.Logf("%d devices, no ramp: all accepted in %.1f s; %d failing; %d auth retries; errors: %s; simulator VmRSS %.1f MiB (%.1f KiB per device) after 30 s at production intervals; ambassador refusals: %s",
-			n, *rep.TimeToAllAcceptedS, rep.Failing, rep.retries(), rep.errorKinds(), float64(rssKiB)/1024, float64(rssKiB)/float64(n), refusals)
+			n, *rep.TimeToAllAcceptedS, rep.Failing, authRetries(rep), errorKinds(rep), float64(rssKiB)/1024, float64(rssKiB)/float64(n), refusals)
 		if rep.Failing > 0 {
 			b.Errorf("%d devices left failing", rep.Failing)
 		}
