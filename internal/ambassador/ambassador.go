@@ -234,6 +234,7 @@ type Ambassador struct {
 	transport  http.RoundTripper
 	mgmtClient *http.Client
 	proxy      *httputil.ReverseProxy
+	buffers    copyBuffers // the proxy's copy buffers
 
 	trust    atomic.Pointer[trustState]
 	reloadMu sync.Mutex
@@ -332,6 +333,7 @@ func New(opts Options) (*Ambassador, error) {
 		Rewrite:        a.rewrite,
 		Transport:      authRetryTransport{a: a},
 		FlushInterval:  -1,
+		BufferPool:     &a.buffers,
 		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		ModifyResponse: a.modifyResponse,
 		ErrorHandler:   a.proxyError,

@@ -15,6 +15,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
@@ -421,4 +423,36 @@ func deviceFacing(err error) string {
 		}
 	}
 	return "preauthorization failed (details in the ambassador log)"
+}
+
+// copyBufferSize is the size of the buffers the proxy copies response
+// bodies through: httputil.ReverseProxy's own default.
+const copyBufferSize = 32 << 10
+
+// copyBuffers lends the proxy its copy buffers. Without a pool,
+// httputil.ReverseProxy allocates a fresh 32 KiB buffer for every proxied
+// response: for a poll answered in a few hundred bytes that was over half
+// of all the bytes a proxied request allocated, and what drove the
+// garbage collector.
+type copyBuffers struct {
+	p          sync.Pool
+	lent, made atomic.Int64 // buffers handed out, and of those newly made
+}
+
+// Get returns a buffer of copyBufferSize bytes.
+func (b *copyBuffers) Get() []byte {
+	b.lent.Add(1)
+	if buf, ok := b.p.Get().(*[]byte); ok {
+		return *buf
+	}
+	b.made.Add(1)
+	return make([]byte, copyBufferSize)
+}
+
+// Put takes back a buffer Get returned.
+func (b *copyBuffers) Put(buf []byte) {
+	if cap(buf) >= copyBufferSize {
+		buf = buf[:copyBufferSize]
+		b.p.Put(&buf)
+	}
 }
