@@ -83,10 +83,6 @@ func (a *Ambassador) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		certs, chains = r.TLS.PeerCertificates, r.TLS.VerifiedChains
 	}
-	serial := ""
-	if len(certs) > 0 {
-		serial = serialKey(certs[0].SerialNumber)
-	}
 	defer func() {
 		code := sw.code()
 		a.metrics.request(code)
@@ -97,8 +93,14 @@ func (a *Ambassador) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		case code >= 400:
 			level = slog.LevelInfo
 		}
-		log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", code,
-			"duration", time.Since(start), "remote", r.RemoteAddr, "serial", serial)
+		if log.Enabled(r.Context(), level) { // the arguments cost allocations, at every request
+			serial := ""
+			if len(certs) > 0 {
+				serial = serialKey(certs[0].SerialNumber)
+			}
+			log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", code,
+				"duration", time.Since(start), "remote", r.RemoteAddr, "serial", serial)
+		}
 	}()
 
 	if shedding(r.Context()) { // the connection came past MaxConns

@@ -314,7 +314,9 @@ func (a *Ambassador) preauthorize(ctx context.Context, req *menderapi.ParsedAuth
 	key := preauthCacheKey(req)
 	if a.cache.hit(key, a.now()) {
 		a.stats.preauthCacheHits.Add(1)
-		log.Debug("preauthorization cached", "identity_hash", req.IdentityHash, "key", menderapi.Fingerprint(req.Key))
+		if log.Enabled(ctx, slog.LevelDebug) { // the fingerprint costs a key encoding and a hash
+			log.Debug("preauthorization cached", "identity_hash", req.IdentityHash, "key", menderapi.Fingerprint(req.Key))
+		}
 		return true, nil
 	}
 	status, body, err := a.sendPreauth(ctx, menderapi.PreauthRequest{IdentityData: req.Identity, PubKey: req.NormalizedPubKey}, rid, log)
