@@ -184,10 +184,6 @@ type Options struct {
 	// Rand returns uniform values in [0, 1) for jitter and backoff; calls are
 	// serialised by the client. nil means math/rand/v2.
 	Rand func() float64
-	// Tuning adjusts the default transport for processes that run many
-	// clients (see [TransportTuning]); the zero value changes nothing. Not
-	// used when HTTPClient is set.
-	Tuning TransportTuning
 }
 
 // Event describes one finished HTTP exchange, for [Options.Observer].
@@ -320,7 +316,7 @@ func New(opts Options) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client options: %w", err)
 		}
-		hc = http.Client{Transport: c.opts.Tuning.apply(c.newTransport(cfg))}
+		hc = http.Client{Transport: c.newTransport(cfg)}
 	}
 	// Both share the transport, so its connections and TLS sessions.
 	api, dl := hc, hc

@@ -2,68 +2,8 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
-	"net"
-	"net/http"
 	"time"
 )
-
-// TransportTuning adjusts the default transport (the one [New] builds when
-// Options.HTTPClient is nil) for a process that runs many clients at once,
-// such as the fleet simulator: TLS session resumption, a handshake counter
-// and connection reuse. The zero value changes nothing.
-type TransportTuning struct {
-	// SessionCache stores TLS sessions so that later connections to the
-	// same server resume them (an abbreviated handshake without the client
-	// certificate and its signature). nil means no resumption: every
-	// connection makes a full handshake. Give each client its own cache
-	// (tls.NewLRUClientSessionCache(1)): a session belongs to one device.
-	SessionCache tls.ClientSessionCache
-	// OnHandshake is called after every successful TLS handshake of a new
-	// direct connection, with whether it resumed a session. It must be fast
-	// and safe for concurrent use. nil means none. Connections through an
-	// HTTP proxy (HTTPS_PROXY) are handshaken by net/http itself and are not
-	// counted.
-	OnHandshake func(resumed bool)
-	// DisableKeepAlives closes each connection after one request, so no
-	// idle connection is kept between polls. False keeps connections alive
-	// (the default).
-	DisableKeepAlives bool
-	// IdleConnTimeout is how long an idle kept-alive connection stays open.
-	// 0 means 90s.
-	IdleConnTimeout time.Duration
-	// DisableHTTP2 speaks HTTP/1.1 only, as Mender's own clients do. The
-	// default transport already does (newTransport), so this only makes
-	// it explicit; false does not turn HTTP/2 on.
-	DisableHTTP2 bool
-}
-
-// apply tunes tr, which newTransport built, and returns it.
-func (t TransportTuning) apply(tr *http.Transport) *http.Transport {
-	if t.SessionCache != nil {
-		// forHost clones this config per connection; the clone shares the cache.
-		tr.TLSClientConfig.ClientSessionCache = t.SessionCache
-	}
-	tr.DisableKeepAlives = t.DisableKeepAlives
-	if t.DisableHTTP2 {
-		tr.ForceAttemptHTTP2 = false
-		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // non-nil and empty: no HTTP/2
-	}
-	if t.IdleConnTimeout > 0 {
-		tr.IdleConnTimeout = t.IdleConnTimeout
-	}
-	if on := t.OnHandshake; on != nil {
-		dial := tr.DialTLSContext
-		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := dial(ctx, network, addr)
-			if tc, ok := conn.(*tls.Conn); ok && err == nil {
-				on(tc.ConnectionState().DidResume)
-			}
-			return conn, err
-		}
-	}
-	return tr
-}
 
 // CloseIdleConnections closes the kept-alive connections that are idle,
 // for example when the process stops many clients. Connections in use are

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,112 +15,27 @@ import (
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
 
-// handshakeLog records OnHandshake calls.
-type handshakeLog struct {
-	mu      sync.Mutex
-	resumed []bool
-}
-
-func (h *handshakeLog) record(resumed bool) {
-	h.mu.Lock()
-	h.resumed = append(h.resumed, resumed)
-	h.mu.Unlock()
-}
-
-func (h *handshakeLog) get() []bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]bool(nil), h.resumed...)
-}
-
-func TestTransportTuning(t *testing.T) {
-	ca := newCA(t, "Tuning CA")
-	tests := []struct {
-		name      string
-		cache     bool
-		keepAlive bool
-		tlsMax    uint16
-		// want lists DidResume of each new connection for one auth request
-		// and three inventory sends.
-		want []bool
-	}{
-		{name: "no cache, no keep-alive: full handshakes", want: []bool{false, false, false, false}},
-		{name: "cache, no keep-alive: TLS 1.3 sessions resumed", cache: true, want: []bool{false, true, true, true}},
-		{name: "cache, no keep-alive: TLS 1.2 sessions resumed", cache: true, tlsMax: tls.VersionTLS12, want: []bool{false, true, true, true}},
-		{name: "keep-alive: one connection", cache: true, keepAlive: true, want: []bool{false}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeServer(t)
-			srv := tlsServerMax(t, f, ca, tt.tlsMax)
-			opts, _ := baseOptions(newTestKey(t), srv)
-			opts.RootCAs = ca.pool
-			var hs handshakeLog
-			opts.Tuning = TransportTuning{OnHandshake: hs.record, DisableKeepAlives: !tt.keepAlive}
-			if tt.cache {
-				opts.Tuning.SessionCache = tls.NewLRUClientSessionCache(1)
-			}
-			c, err := New(opts)
-			require.NoError(t, err)
-			for range 3 {
-				require.NoError(t, c.SendInventory(t.Context()))
-			}
-			assert.Equal(t, tt.want, hs.get(), "DidResume of each new TLS connection")
-			c.CloseIdleConnections()
-		})
-	}
-}
-
-func TestTransportTuningDisableHTTP2(t *testing.T) {
+// TestDefaultTransportSpeaksHTTP1 pins that the client speaks HTTP/1.1,
+// as Mender's clients do, even to a server that offers HTTP/2.
+func TestDefaultTransportSpeaksHTTP1(t *testing.T) {
 	ca := newCA(t, "HTTP/2 CA")
-	for _, tt := range []struct {
-		name      string
-		disable   bool
-		wantProto int
-	}{{"default speaks HTTP/1.1", false, 1}, {"DisableHTTP2 speaks HTTP/1.1", true, 1}} {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeServer(t)
-			srv := httptest.NewUnstartedServer(f)
-			srv.EnableHTTP2 = true
-			srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})}}
-			srv.StartTLS()
-			t.Cleanup(srv.Close)
-			opts, _ := baseOptions(newTestKey(t), srv.URL)
-			opts.RootCAs = ca.pool
-			opts.Tuning.DisableHTTP2 = tt.disable
-			c, err := New(opts)
-			require.NoError(t, err)
-			require.NoError(t, c.SendInventory(t.Context()))
-			reqs := f.requests("")
-			require.NotEmpty(t, reqs)
-			for _, r := range reqs {
-				assert.Equal(t, tt.wantProto, r.proto, "%s %s", r.method, r.path)
-			}
-			c.CloseIdleConnections()
-		})
-	}
-}
-
-func TestTransportTuningZeroValueKeepsDefaults(t *testing.T) {
-	tr := TransportTuning{}.apply(&http.Transport{TLSClientConfig: &tls.Config{}, IdleConnTimeout: 90e9})
-	assert.Nil(t, tr.TLSClientConfig.ClientSessionCache)
-	assert.False(t, tr.DisableKeepAlives)
-	assert.Equal(t, float64(90), tr.IdleConnTimeout.Seconds())
-	assert.Nil(t, tr.DialTLSContext, "no dial wrapper without OnHandshake")
-}
-
-// tlsServerMax serves h over TLS on 127.0.0.1 with a server certificate
-// from ca, capped at tlsMax (0 = TLS 1.3), and returns its URL.
-func tlsServerMax(t *testing.T, h http.Handler, ca *testCA, tlsMax uint16) string {
-	t.Helper()
-	srv := httptest.NewUnstartedServer(h)
-	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})},
-		MaxVersion:   tlsMax,
-	}
+	f := newFakeServer(t)
+	srv := httptest.NewUnstartedServer(f)
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return srv.URL
+	opts, _ := baseOptions(newTestKey(t), srv.URL)
+	opts.RootCAs = ca.pool
+	c, err := New(opts)
+	require.NoError(t, err)
+	require.NoError(t, c.SendInventory(t.Context()))
+	reqs := f.requests("")
+	require.NotEmpty(t, reqs)
+	for _, r := range reqs {
+		assert.Equal(t, 1, r.proto, "%s %s", r.method, r.path)
+	}
+	c.CloseIdleConnections()
 }
 
 func TestStepFollowsRunsWaitRules(t *testing.T) {

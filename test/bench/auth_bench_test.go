@@ -49,7 +49,6 @@ func newClients(b *testing.B, url string, roots *x509.CertPool, creds []*fleet.C
 			Identity: func(context.Context) (menderapi.Attributes, error) {
 				return menderapi.Attributes{"mac": {fleet.DefaultMACPrefix.MAC(cred.Index)}}, nil
 			},
-			Tuning: client.TransportTuning{DisableHTTP2: true},
 		}
 		if mtls {
 			o.TLSCredential = cred
