@@ -18,7 +18,17 @@ AGENT_TAGS  = nethttpomithttp2 $(TAGS)
 # us, verify 68 -> 91 us, `go test -bench crypto/ecdsa`), paid once per TLS
 # handshake or auth request: a few per poll interval of minutes.
 AGENT_GCFLAGS = -gcflags=all=-l
-AGENTFLAGS  = -trimpath -ldflags "$(LDFLAGS)" $(AGENT_GCFLAGS) $(call tagsflag,$(AGENT_TAGS))
+# On 32-bit ARM the Go linker aligns the agent's segments to 64 KiB; Linux on
+# 32-bit ARM has 4 KiB pages only, so 4 KiB alignment loses nothing and drops
+# the padding: 118,784 bytes of the stripped armv7 agent (7.41 -> 7.29 MB).
+# Other architectures keep Go's default (arm64 kernels may use 64 KiB pages).
+ARM32_LDFLAGS = -R 0x1000
+agent_ldflags = $(LDFLAGS) $(if $(filter arm,$(1)),$(ARM32_LDFLAGS))
+agentflags  = -trimpath -ldflags "$(call agent_ldflags,$(1))" $(AGENT_GCFLAGS) $(call tagsflag,$(AGENT_TAGS))
+# The GOARCH the agent is built for: the environment's (as Yocto's go class
+# exports it), else the Go toolchain's default.
+AGENT_GOARCH = $(or $(GOARCH),$(shell $(GO) env GOARCH))
+AGENTFLAGS  = $(call agentflags,$(AGENT_GOARCH))
 # tagsflag turns a space- or comma-separated tag list into one -tags flag.
 comma := ,
 empty :=
@@ -63,11 +73,11 @@ build-simulator:
 cross: build-armv6 build-armv7 build-arm64
 
 build-armv6:
-	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=6 $(GO) build $(AGENTFLAGS) -o $(BIN)/linux_armv6/device-agent ./cmd/device-agent
+	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=6 $(GO) build $(call agentflags,arm) -o $(BIN)/linux_armv6/device-agent ./cmd/device-agent
 build-armv7:
-	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build $(AGENTFLAGS) -o $(BIN)/linux_armv7/device-agent ./cmd/device-agent
+	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build $(call agentflags,arm) -o $(BIN)/linux_armv7/device-agent ./cmd/device-agent
 build-arm64:
-	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(AGENTFLAGS) -o $(BIN)/linux_arm64/device-agent ./cmd/device-agent
+	$(Q)CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(call agentflags,arm64) -o $(BIN)/linux_arm64/device-agent ./cmd/device-agent
 
 # test: everything CI runs. Installs what is missing first.
 test: deps vet unit e2e armtest fuzz-short yocto
