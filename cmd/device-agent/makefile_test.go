@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,10 +17,24 @@ import (
 func makeDryRun(t *testing.T, target string, env ...string) string {
 	t.Helper()
 	cmd := exec.Command("make", "-n", "-s", "-C", "../..", target, "BIN="+t.TempDir())
-	cmd.Env = append(cmd.Environ(), env...)
+	cmd.Env = append(freshMakeEnv(cmd.Environ()), env...)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "make -n %s: %s", target, out)
 	return string(out)
+}
+
+// freshMakeEnv drops what an enclosing make (make test) passes to the
+// make this test runs: its flags and command-line variables (MAKEFLAGS,
+// MAKEOVERRIDES) and a GOARCH that would decide the build-agent cases.
+func freshMakeEnv(env []string) []string {
+	return slices.DeleteFunc(env, func(kv string) bool {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "GOARCH", "GOARM":
+			return true
+		}
+		return false
+	})
 }
 
 // TestMakefileARM32LinkerRounding: the 32-bit ARM agents are linked with
@@ -57,7 +72,9 @@ func TestARMv7AgentSegmentsAre4KiBAligned(t *testing.T) {
 		t.Skip("builds the armv7 agent")
 	}
 	bin := t.TempDir()
-	out, err := exec.Command("make", "-s", "-C", "../..", "build-armv7", "BIN="+bin).CombinedOutput()
+	cmd := exec.Command("make", "-s", "-C", "../..", "build-armv7", "BIN="+bin)
+	cmd.Env = freshMakeEnv(cmd.Environ())
+	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "make build-armv7: %s", out)
 	f, err := elf.Open(filepath.Join(bin, "linux_armv7", "device-agent"))
 	require.NoError(t, err)
