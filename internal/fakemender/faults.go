@@ -138,10 +138,13 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, rc *reqCtx) 
 	return true
 }
 
-// drop closes the connection without a response.
+// drop closes the connection without a response. The request is counted
+// (as no response) before the close, so a client that sees the connection
+// end also finds it in Stats.
 func (s *Server) drop(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	conn, _, err := http.NewResponseController(w).Hijack()
 	if err == nil {
+		rc.record(0)
 		_ = conn.Close()
 		return
 	}

@@ -275,6 +275,9 @@ type reqCtx struct {
 	authDevID    string
 	authHash     string
 	authKeyPrint string
+	// record counts the request in Stats; it runs once, when the handler
+	// returns, or before a dropped connection is closed (see drop).
+	record func(status int)
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, rc *reqCtx)
@@ -402,7 +405,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key = rt.key
 		rc.params = params
 	}
-	defer func() { s.record(key, rec.status, r, rc) }()
+	var recorded bool
+	rc.record = func(status int) {
+		if !recorded {
+			recorded = true
+			s.record(key, status, r, rc)
+		}
+	}
+	defer func() { rc.record(rec.status) }()
 
 	if !strings.HasPrefix(r.URL.Path, pathFakePrefix) && s.applyFault(rec, r, rc) {
 		return
