@@ -599,8 +599,13 @@ func TestStatusAndMetricsAfterTraffic(t *testing.T) {
 	_, err = e.get(e.deviceWith(nil, nil), nextPath)
 	require.Error(t, err)
 	require.Eventually(t, func() bool { return e.amb.Stats().HandshakeFailures == 1 }, 5*time.Second, 5*time.Millisecond)
-
-	text := metricsText(t, e.amb)
+	// The request and upstream metrics are updated when the handler
+	// returns, which can be after the device has read the whole response.
+	var text string
+	require.Eventually(t, func() bool {
+		text = metricsText(t, e.amb)
+		return strings.Contains(text, "mtls_upstream_duration_seconds_count 1") && strings.Contains(text, `mtls_requests_total{code="200"} 1`)
+	}, 5*time.Second, 5*time.Millisecond, "the auth request is counted once its handler returns")
 	for _, want := range []string{
 		"# TYPE mtls_handshake_failures_total counter",
 		`mtls_handshake_failures_total{reason="no_certificate"} 1`,

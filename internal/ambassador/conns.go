@@ -294,11 +294,15 @@ func (l *limitListener) admit(raw net.Conn) {
 	n := l.lim.open.Add(1)
 	c := &trackedConn{Conn: raw, lim: l.lim, shed: n > l.lim.max}
 	if n > l.lim.ceiling {
+		// Closed (and uncounted) before the refusal is counted, so that
+		// whoever sees the refusal sees the open count back under the
+		// ceiling.
+		remote := raw.RemoteAddr().String()
+		resetClose(c)
 		l.lim.overCeiling.Add(1)
 		l.a.metrics.connRefusals.WithLabelValues(refusalConnCeiling).Inc()
 		l.a.logLimited(l.a.log.Warn, "conn_ceiling", "connection reset before the handshake: at the connection ceiling",
-			"ceiling", l.lim.ceiling, "remote", raw.RemoteAddr().String())
-		resetClose(c)
+			"ceiling", l.lim.ceiling, "remote", remote)
 		return
 	}
 	l.wg.Go(func() { l.handshakeAndHandOff(c) })
