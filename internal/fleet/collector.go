@@ -130,7 +130,6 @@ type collector struct {
 	ops      map[string]*opStats // fixed keys: Operations, plus "other"
 	canceled atomic.Uint64
 
-	tickRequests, tickErrors   atomic.Uint64 // since the last sample
 	totalRequests, totalErrors atomic.Uint64
 	full, resumed              atomic.Uint64
 
@@ -154,9 +153,9 @@ type collector struct {
 	// series (Fleet.seriesGauges); nil leaves them 0.
 	gauges func() seriesGauges
 
-	tlMu   sync.Mutex
-	tl     timeline
-	series seriesBuf
+	// seriesMu guards series, lastIn and lastOut.
+	seriesMu sync.Mutex
+	series   seriesBuf
 	// lastIn and lastOut are bytesIn and bytesOut at the last sample.
 	lastIn, lastOut uint64
 
@@ -217,8 +216,7 @@ func (c *collector) markerList() []Marker {
 }
 
 func newCollector(devices int, sample time.Duration, now func() time.Time) *collector {
-	c := &collector{now: now, devices: devices, ops: map[string]*opStats{}, tl: timeline{base: sample, factor: 1},
-		series: seriesBuf{base: sample, factor: 1}}
+	c := &collector{now: now, devices: devices, ops: map[string]*opStats{}, series: seriesBuf{base: sample, factor: 1}}
 	c.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fleet_request_duration_seconds",
 		Help: "Exchange latency, by operation.", Buckets: promBounds}, []string{"op"})
 	for _, op := range append(Operations, "other") {
@@ -270,10 +268,8 @@ func (c *collector) record(ev client.Event) (failed, canceled bool) {
 	if st.prom != nil {
 		st.prom.Observe(ev.Duration.Seconds())
 	}
-	c.tickRequests.Add(1)
 	c.totalRequests.Add(1)
 	if kind != "" {
-		c.tickErrors.Add(1)
 		c.totalErrors.Add(1)
 	}
 	return kind != "", false
@@ -302,16 +298,16 @@ func (c *collector) timeToAllAccepted() (time.Duration, bool) {
 	return time.Duration(v - 1), v > 0
 }
 
-// sample closes one sampling interval: timeline and series points,
-// requests per second and peak memory.
+// sample closes one sampling interval: the series point (from which the
+// report's timeline is derived), requests per second and peak memory.
 func (c *collector) sample() {
-	req, errs := c.tickRequests.Swap(0), c.tickErrors.Swap(0)
 	p := SeriesPoint{Accepted: int(c.accepted.Load())}
 	if c.gauges != nil {
 		g := c.gauges()
 		p.Pending, p.Failing, p.Conns, p.Waiting = g.pending, g.failing, g.conns, g.waiting
 	}
-	for _, op := range Operations {
+	var req uint64
+	for _, op := range append(Operations, "other") {
 		st := c.ops[op]
 		st.mu.Lock()
 		if st.tick.count > 0 {
@@ -324,19 +320,19 @@ func (c *collector) sample() {
 				p.Ops = map[string]*OpPoint{}
 			}
 			p.Ops[op] = o
+			req += o.Count
 			st.tick.count, st.tick.errors, st.tick.hist = 0, 0, Histogram{}
 		}
 		st.mu.Unlock()
 	}
-	c.tlMu.Lock()
+	c.seriesMu.Lock()
 	in, out := c.bytesIn.Load(), c.bytesOut.Load()
 	p.BytesIn, p.BytesOut = in-c.lastIn, out-c.lastOut
 	c.lastIn, c.lastOut = in, out
-	c.tl.add(TimelinePoint{Accepted: p.Accepted, Requests: req, Errors: errs})
 	c.series.add(p)
-	c.tlMu.Unlock()
-	if c.tl.base > 0 {
-		c.lastRPS.Store(math.Float64bits(float64(req) / c.tl.base.Seconds()))
+	c.seriesMu.Unlock()
+	if c.series.base > 0 {
+		c.lastRPS.Store(math.Float64bits(float64(req) / c.series.base.Seconds()))
 	}
 	c.sampleMemory()
 }
@@ -391,52 +387,4 @@ func (s *durationStats) snapshot() *Histogram {
 	defer s.mu.Unlock()
 	h := s.h
 	return &h
-}
-
-// TimelinePoint is one step of the timeline.
-type TimelinePoint struct {
-	// Accepted is the number of devices accepted at the end of the step.
-	Accepted int
-	// Requests and Errors count the exchanges that ended during the step.
-	Requests, Errors uint64
-}
-
-// timeline is a bounded series of points base·factor apart.
-type timeline struct {
-	base   time.Duration
-	factor int
-	points []TimelinePoint
-	acc    TimelinePoint
-	accN   int
-}
-
-func (t *timeline) add(p TimelinePoint) {
-	t.acc.Accepted = p.Accepted
-	t.acc.Requests += p.Requests
-	t.acc.Errors += p.Errors
-	t.accN++
-	if t.accN < t.factor {
-		return
-	}
-	t.points = append(t.points, t.acc)
-	t.acc, t.accN = TimelinePoint{}, 0
-	if len(t.points) >= maxTimelinePoints {
-		half := make([]TimelinePoint, 0, maxTimelinePoints)
-		for i := 0; i+1 < len(t.points); i += 2 {
-			a, b := t.points[i], t.points[i+1]
-			half = append(half, TimelinePoint{Accepted: b.Accepted, Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors})
-		}
-		t.points = half
-		t.factor *= 2
-	}
-}
-
-// snapshot returns the step and the points, with a partly filled last step
-// included.
-func (t *timeline) snapshot() (time.Duration, []TimelinePoint) {
-	pts := append([]TimelinePoint(nil), t.points...)
-	if t.accN > 0 {
-		pts = append(pts, t.acc)
-	}
-	return t.base * time.Duration(t.factor), pts
 }

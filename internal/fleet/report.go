@@ -782,17 +782,10 @@ func (f *Fleet) report(ended time.Time) *Report {
 		r.Operations[name] = o
 	}
 	r.Markers = c.markerList()
-	c.tlMu.Lock()
-	step, pts := c.tl.snapshot()
-	c.tlMu.Unlock()
-	r.Timeline = Timeline{StepS: step.Seconds(), Accepted: make([]int, len(pts)),
-		Requests: make([]uint64, len(pts)), Errors: make([]uint64, len(pts))}
-	for i, p := range pts {
-		r.Timeline.Accepted[i], r.Timeline.Requests[i], r.Timeline.Errors[i] = p.Accepted, p.Requests, p.Errors
-	}
-	c.tlMu.Lock()
+	c.seriesMu.Lock()
 	r.Series = c.series.snapshot()
-	c.tlMu.Unlock()
+	c.seriesMu.Unlock()
+	r.Timeline = timelineOf(r.Series)
 	r.BytesIn, r.BytesOut = c.bytesIn.Load(), c.bytesOut.Load()
 	st := procStatus("VmRSS", "VmHWM")
 	r.Memory.RSSBytes, r.Memory.PeakRSSBytes = st["VmRSS"], st["VmHWM"]

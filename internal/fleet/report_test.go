@@ -197,24 +197,38 @@ func TestReportFromKnownEvents(t *testing.T) {
 	assert.Contains(t, p.String(), "accepted 4/4")
 }
 
-func TestTimelineStaysBounded(t *testing.T) {
-	tl := timeline{base: time.Second, factor: 1}
+// TestTimelineIsDerivedFromTheSeries: the report's timeline comes from the
+// bounded series: the same step and points, every request and error of
+// every operation ("other" included) kept through the downsampling, and
+// the latest accepted count last.
+func TestTimelineIsDerivedFromTheSeries(t *testing.T) {
+	buf := seriesBuf{base: time.Second, factor: 1}
+	var h Histogram
+	h.Record(time.Millisecond)
 	var total uint64
 	for i := range 5000 {
-		tl.add(TimelinePoint{Accepted: i, Requests: 2, Errors: 1})
-		total += 2
+		p := SeriesPoint{Accepted: i, Ops: map[string]*OpPoint{}}
+		for _, op := range []string{client.OpAuth, client.OpNext, "other"} {
+			p.Ops[op] = &OpPoint{Count: 1, Errors: uint64(i % 2), Histogram: sparseOf(&h)}
+			total++
+		}
+		buf.add(p)
 	}
-	step, pts := tl.snapshot()
-	assert.LessOrEqual(t, len(pts), maxTimelinePoints)
-	assert.Equal(t, time.Duration(tl.factor)*time.Second, step)
+	s := buf.snapshot()
+	tl := timelineOf(s)
+	assert.LessOrEqual(t, len(tl.Accepted), maxTimelinePoints)
+	assert.Equal(t, s.StepS, tl.StepS)
+	assert.Equal(t, float64(buf.factor), tl.StepS, "the step doubled with each halving")
+	require.Len(t, tl.Requests, len(s.Points))
+	require.Len(t, tl.Errors, len(s.Points))
 	var sum, errs uint64
-	for _, p := range pts {
-		sum += p.Requests
-		errs += p.Errors
+	for i := range tl.Requests {
+		sum += tl.Requests[i]
+		errs += tl.Errors[i]
 	}
 	assert.Equal(t, total, sum, "downsampling keeps every request")
 	assert.Equal(t, total/2, errs)
-	assert.Equal(t, 4999, pts[len(pts)-1].Accepted, "the last point holds the latest accepted count")
+	assert.Equal(t, 4999, tl.Accepted[len(tl.Accepted)-1], "the last point holds the latest accepted count")
 }
 
 // knownReport returns the report of an offline fleet of n devices that

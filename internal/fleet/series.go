@@ -174,8 +174,9 @@ func clonePoint(p SeriesPoint) SeriesPoint {
 	return out
 }
 
-// seriesBuf is a bounded series of points base·factor apart, built as
-// [timeline] is.
+// seriesBuf is a bounded series of points base·factor apart: each point
+// merges factor samples; when maxTimelinePoints are reached, neighbouring
+// points are merged and the step doubles.
 type seriesBuf struct {
 	base   time.Duration
 	factor int
@@ -219,6 +220,21 @@ func (t *seriesBuf) snapshot() *Series {
 	}
 	s.fillStats()
 	return s
+}
+
+// timelineOf derives the report's timeline from the series: the accepted
+// devices, and the exchanges and errors of every operation, per step.
+func timelineOf(s *Series) Timeline {
+	n := len(s.Points)
+	tl := Timeline{StepS: s.StepS, Accepted: make([]int, n), Requests: make([]uint64, n), Errors: make([]uint64, n)}
+	for i, p := range s.Points {
+		tl.Accepted[i] = p.Accepted
+		for _, o := range p.Ops {
+			tl.Requests[i] += o.Count
+			tl.Errors[i] += o.Errors
+		}
+	}
+	return tl
 }
 
 func (s *Series) fillStats() {
