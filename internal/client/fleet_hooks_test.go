@@ -2,41 +2,14 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/mender-mtls/mtls-agent/internal/menderapi"
 )
-
-// TestDefaultTransportSpeaksHTTP1 pins that the client speaks HTTP/1.1,
-// as Mender's clients do, even to a server that offers HTTP/2.
-func TestDefaultTransportSpeaksHTTP1(t *testing.T) {
-	ca := newCA(t, "HTTP/2 CA")
-	f := newFakeServer(t)
-	srv := httptest.NewUnstartedServer(f)
-	srv.EnableHTTP2 = true
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, leafSpec{cn: "srv", ips: []net.IP{net.IPv4(127, 0, 0, 1)}})}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	opts, _ := baseOptions(newTestKey(t), srv.URL)
-	opts.RootCAs = ca.pool
-	c, err := New(opts)
-	require.NoError(t, err)
-	require.NoError(t, c.SendInventory(t.Context()))
-	reqs := f.requests("")
-	require.NotEmpty(t, reqs)
-	for _, r := range reqs {
-		assert.Equal(t, 1, r.proto, "%s %s", r.method, r.path)
-	}
-	c.CloseIdleConnections()
-}
 
 func TestStepFollowsRunsWaitRules(t *testing.T) {
 	const (
