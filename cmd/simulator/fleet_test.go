@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -112,12 +113,7 @@ func TestRunThroughAmbassadorStopsOnCtrlCAndReports(t *testing.T) {
 		}, 60*time.Second, 20*time.Millisecond)
 		assert.Equal(t, n, acceptedDevices(env))
 		cancel() // Ctrl-C
-		select {
-		case err := <-done:
-			require.NoError(t, err, "stderr: %s", errb.String())
-		case <-time.After(30 * time.Second):
-			t.Fatal("run did not stop after Ctrl-C")
-		}
+		requireStopped(t, done, &errb, "run")
 		stdout := out.String()
 		assert.Contains(t, stdout, wantCache, "round %d", round)
 		assert.Contains(t, stdout, "interrupted: reporting what happened so far")
@@ -265,12 +261,7 @@ func TestDemoCtrlCStillReports(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), "10 devices with their own") }, 30*time.Second, 20*time.Millisecond)
 	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, errb.String())
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo did not stop after Ctrl-C")
-	}
+	requireStopped(t, done, &errb, "demo")
 	assert.Contains(t, out.String(), "interrupted: reporting what happened so far")
 	assert.Contains(t, out.String(), "deployment: not scheduled (the run ended before half time)")
 	m := readJSONReport(t, report)
@@ -357,12 +348,7 @@ func TestRunConnectionFlags(t *testing.T) {
 	require.Eventually(t, func() bool { return acceptedDevices(env) == 10 }, 30*time.Second, 20*time.Millisecond)
 	time.Sleep(4 * time.Second) // past the storm, time to poll again
 	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, "stderr: %s", errb.String())
-	case <-time.After(30 * time.Second):
-		t.Fatal("run did not stop after Ctrl-C")
-	}
+	requireStopped(t, done, &errb, "run")
 	stdout := out.String()
 	assert.Contains(t, stdout, "open-file limit")
 	assert.Contains(t, stdout, "capping open connections at 5 (open-file limit ")
@@ -407,5 +393,17 @@ func TestRunConnectionFlagErrors(t *testing.T) {
 	require.Zero(t, run(t.Context(), []string{"run", "--help"}, &out, &errb))
 	for _, flag := range []string{"--keep-alive", "--source-ips", "--max-conns", "--arrival-rate", "--reconnect-storm"} {
 		assert.Contains(t, out.String(), flag)
+	}
+}
+
+// requireStopped waits up to 30 s for the command running into done to
+// return after Ctrl-C (its context cancelled), and requires no error.
+func requireStopped(t *testing.T, done <-chan error, errb fmt.Stringer, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "stderr: %s", errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop after Ctrl-C", what)
 	}
 }
